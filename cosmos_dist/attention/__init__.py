@@ -1,0 +1,3 @@
+from cosmos_dist.attention.local import AttentionFn, attention_with_lse, get_local_attention, sdpa_attention
+
+__all__ = ["AttentionFn", "attention_with_lse", "get_local_attention", "sdpa_attention"]

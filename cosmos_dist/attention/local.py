@@ -1,0 +1,76 @@
+"""Local (single-device) attention kernels behind one small interface.
+
+Every attention call in the DiT goes through a callable `attn(q, k, v) -> out` with tensors laid out
+as (batch, tokens, heads, head_dim) -- "bshd". The DiT never knows which kernel or which process
+group sits behind it; context-parallel wrappers (`cosmos_dist.attention.context_parallel`) take the
+same shapes with a sequence shard instead of the whole sequence.
+
+The reference uses softmax scale 1/sqrt(head_dim), no mask, no dropout, for both self- and
+cross-attention.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Protocol
+
+import torch
+import torch.nn.functional as F
+
+
+class AttentionFn(Protocol):
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor: ...
+
+
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """PyTorch scaled_dot_product_attention; (B, L, H, D) in and out."""
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    return out.transpose(1, 2)
+
+
+def attention_with_lse(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, chunk: int = 4096
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention that also returns the log-sum-exp of the scores per (batch, head, query).
+
+    Returns out (B, Lq, H, D) in q's dtype and lse (B, H, Lq) in float32. Ring attention merges
+    partial results with it. On CUDA this uses the flash / cuDNN kernels that return the LSE; on
+    the CPU it is computed in float32 in query chunks (exact softmax, bounded memory).
+    """
+    if q.is_cuda:
+        out, lse = _cuda_attention_with_lse(q, k, v)
+        if out is not None:
+            return out, lse
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    qf, kf, vf = (t.transpose(1, 2).float() for t in (q, k, v))  # (B, H, L, D)
+    outs, lses = [], []
+    for start in range(0, qf.shape[2], chunk):
+        scores = torch.matmul(qf[:, :, start : start + chunk], kf.transpose(-1, -2)) * scale
+        lse = torch.logsumexp(scores, dim=-1)
+        outs.append(torch.matmul(torch.exp(scores - lse.unsqueeze(-1)), vf))
+        lses.append(lse)
+    out = torch.cat(outs, dim=2).transpose(1, 2).to(q.dtype)
+    return out, torch.cat(lses, dim=2)
+
+
+def _cuda_attention_with_lse(q, k, v):
+    """Flash attention through aten, which returns the LSE; (None, None) where unavailable."""
+    if q.dtype not in (torch.float16, torch.bfloat16):
+        return None, None
+    try:
+        res = torch.ops.aten._scaled_dot_product_flash_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), 0.0, False, False
+        )
+    except (RuntimeError, AttributeError):
+        return None, None
+    out, lse = res[0], res[1]
+    return out.transpose(1, 2), lse.float()
+
+
+LOCAL_BACKENDS: dict[str, Callable] = {"sdpa": sdpa_attention}
+
+
+def get_local_attention(name: str = "sdpa") -> Callable:
+    try:
+        return LOCAL_BACKENDS[name]
+    except KeyError:
+        raise ValueError(f"unknown attention backend {name!r}; choose one of {', '.join(LOCAL_BACKENDS)}") from None

@@ -1,0 +1,179 @@
+"""The Cosmos-Predict1 DiT (GeneralDIT / VideoExtendGeneralDIT), as plain nn.Modules.
+
+Two ways in:
+- `forward(x, timesteps, crossattn_emb, fps, padding_mask, condition_video_input_mask)` is the
+  reference contract on a whole latent (B, 16, T, H, W) -> F (B, 16, T, H, W).
+- `forward_tokens(...)` works on patch tokens (B, n, features) that may be one contiguous shard
+  `token_range` of the flattened (t, h, w) patch grid. Context parallelism uses it: RoPE and the
+  learnable embedding are computed for the full grid and sliced, and only the injected
+  `self_attention` callable communicates. The model itself never touches a process group.
+
+Tokens, input and output, use the "canonical" feature order (c, t, ph, pw) of the input patching.
+The reference's final layer emits (ph, pw, t, c); `forward_tokens` permutes that back so that the
+sampler can do elementwise Euler updates on token shards and `unpatchify` once at the end.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from cosmos_dist.attention import sdpa_attention
+from cosmos_dist.models.blocks import FinalLayer, GeneralDITTransformerBlock
+from cosmos_dist.models.embeddings import (
+    LearnablePosEmbAxis,
+    PatchEmbed,
+    RMSNorm,
+    RoPE3D,
+    Timesteps,
+    TimestepEmbedding,
+    patchify,
+    resize_padding_mask,
+    rope_cos_sin,
+    unpatchify,
+)
+from cosmos_dist.models.presets import DiTConfig
+
+
+class CosmosDiT(nn.Module):
+    def __init__(self, cfg: DiTConfig, rope_in_model_dtype: bool = True):
+        """`rope_in_model_dtype=True` computes RoPE frequencies in the parameter dtype, as the
+        reference does after `.to(bfloat16)` (spec 3.5); False computes them in float32."""
+        super().__init__()
+        cfg.validate()
+        self.config = cfg
+        self.rope_in_model_dtype = rope_in_model_dtype
+        d = cfg.model_channels
+        self.x_embedder = PatchEmbed(cfg)
+        self.pos_embedder = RoPE3D(cfg)
+        self.extra_pos_embedder = LearnablePosEmbAxis(cfg)
+        self.t_embedder = nn.Sequential(Timesteps(d), TimestepEmbedding(d))
+        self.blocks = nn.ModuleDict({f"block{i}": GeneralDITTransformerBlock(cfg) for i in range(cfg.num_blocks)})
+        self.final_layer = FinalLayer(cfg)
+        self.affline_norm = RMSNorm(d, cfg.eps)  # the reference's spelling, kept for checkpoint keys
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.affline_norm.weight.dtype
+
+    # ---- input assembly -------------------------------------------------------------------
+    def input_channels(
+        self,
+        x: torch.Tensor,
+        padding_mask: torch.Tensor | None = None,
+        condition_video_input_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Concatenate [latent, (Video2World) condition mask, padding mask] on C, as the reference."""
+        b, _, t, h, w = x.shape
+        parts = [x]
+        if self.config.video2world:
+            if condition_video_input_mask is None:
+                raise ValueError("a Video2World network needs condition_video_input_mask (B, 1, T, H, W)")
+            parts.append(condition_video_input_mask.to(x.dtype).expand(b, 1, t, h, w))
+        elif condition_video_input_mask is not None:
+            raise ValueError("condition_video_input_mask was given to a Text2World network")
+        if padding_mask is None:
+            padding_mask = torch.zeros(1, 1, h, w, dtype=x.dtype, device=x.device)
+        pm = resize_padding_mask(padding_mask.to(x.dtype), (h, w))
+        parts.append(pm.unsqueeze(2).expand(b, 1, t, h, w))
+        return torch.cat(parts, dim=1)
+
+    def patchify(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        """(B, C, T, H, W) -> tokens (B, T'H'W', C*pt*ps*ps) and the patch grid (T', H', W')."""
+        c = self.config
+        p = patchify(x, c.patch_temporal, c.patch_spatial)
+        grid = tuple(p.shape[1:4])
+        return p.reshape(p.shape[0], -1, p.shape[-1]), grid
+
+    def unpatchify(self, tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        c = self.config
+        return unpatchify(tokens, grid, c.latent_channels, c.patch_temporal, c.patch_spatial)
+
+    # ---- the network -----------------------------------------------------------------------
+    def position_tables(
+        self,
+        grid: tuple[int, int, int],
+        fps: torch.Tensor | float | None,
+        token_range: tuple[int, int] | None = None,
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """RoPE (cos, sin) and the learnable embedding for the full grid, sliced to token_range."""
+        dtype, device = self.dtype, self.affline_norm.weight.device
+        angle_dtype = dtype if self.rope_in_model_dtype else torch.float32
+        angles = self.pos_embedder.angles(grid, fps, angle_dtype, device)
+        extra = self.extra_pos_embedder.embedding(grid)
+        if token_range is not None:
+            angles = angles[token_range[0] : token_range[1]]
+            extra = extra[token_range[0] : token_range[1]]
+        return rope_cos_sin(angles, dtype), extra.unsqueeze(0)
+
+    def forward_tokens(
+        self,
+        tokens: torch.Tensor,
+        timesteps: torch.Tensor,
+        crossattn_emb: torch.Tensor,
+        grid: tuple[int, int, int],
+        fps: torch.Tensor | float | None = None,
+        token_range: tuple[int, int] | None = None,
+        self_attention: Callable = sdpa_attention,
+        cross_attention: Callable = sdpa_attention,
+        positions: tuple | None = None,
+    ) -> torch.Tensor:
+        """tokens (B, n, in_channels*patch) -> F tokens (B, n, latent_channels*patch), canonical order.
+
+        `positions` may carry a precomputed `position_tables(...)` result (it depends only on the
+        grid, fps and shard, so a sampling loop computes it once)."""
+        dtype = self.dtype
+        b = tokens.shape[0]
+        x = self.x_embedder.proj[1](tokens.to(dtype))
+        rope, extra = positions if positions is not None else self.position_tables(grid, fps, token_range)
+
+        t = timesteps.reshape(-1).to(dtype)
+        if t.numel() == 1 and b > 1:
+            t = t.expand(b)
+        sinusoid, adaln_lora = self.t_embedder[1](self.t_embedder[0](t))
+        emb = self.affline_norm(sinusoid)
+        context = crossattn_emb.to(dtype)
+
+        for block in self.blocks.values():
+            x = block(x, emb, adaln_lora, context, rope, extra, self_attention, cross_attention)
+        out = self.final_layer(x, emb, adaln_lora)
+        return self._to_canonical(out)
+
+    def _to_canonical(self, out: torch.Tensor) -> torch.Tensor:
+        """Final-layer features (ph, pw, t, c) -> (c, t, ph, pw)."""
+        c = self.config
+        b, n, _ = out.shape
+        out = out.view(b, n, c.patch_spatial, c.patch_spatial, c.patch_temporal, c.latent_channels)
+        return out.permute(0, 1, 5, 4, 2, 3).reshape(b, n, -1)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        timesteps: torch.Tensor,
+        crossattn_emb: torch.Tensor,
+        fps: torch.Tensor | float | None = None,
+        padding_mask: torch.Tensor | None = None,
+        condition_video_input_mask: torch.Tensor | None = None,
+        self_attention: Callable = sdpa_attention,
+        cross_attention: Callable = sdpa_attention,
+    ) -> torch.Tensor:
+        """The reference contract: x = c_in * x_sigma (B, 16, T, H, W), timesteps = c_noise (B,)."""
+        if x.ndim != 5 or x.shape[1] != self.config.latent_channels:
+            raise ValueError(f"x must be (B, {self.config.latent_channels}, T, H, W); got {tuple(x.shape)}")
+        tokens, grid = self.patchify(self.input_channels(x.to(self.dtype), padding_mask, condition_video_input_mask))
+        out = self.forward_tokens(
+            tokens, timesteps, crossattn_emb, grid, fps, None, self_attention, cross_attention
+        )
+        return self.unpatchify(out, grid)
+
+
+def build_dit(
+    cfg: DiTConfig, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, **kwargs
+) -> CosmosDiT:
+    """Construct the network. On device "meta" nothing is allocated (for loading real weights)."""
+    with torch.device(device):
+        net = CosmosDiT(cfg, **kwargs)
+    if str(device) != "meta":
+        net = net.to(dtype)
+    return net.eval().requires_grad_(False)
