@@ -1,0 +1,157 @@
+"""Typed configuration for `generate.py`, registered in Hydra's ConfigStore.
+
+The dataclasses are the schema: Hydra merges `conf/generate.yaml` and the group files onto them, so
+a misspelt key or a wrong type is refused by OmegaConf before anything runs. Value checks that need
+more than a type (frame counts of the form 1 + 8k, sizes divisible by 16, ...) live in
+`validate_config`, which names the field and the fix.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from cosmos_dist.errors import ConfigError
+
+# The reference's default negative prompt, verbatim (spec 1.1).
+DEFAULT_NEGATIVE_PROMPT = (
+    "The video captures a series of frames showing ugly scenes, static with no motion, motion blur, "
+    "over-saturation, shaky footage, low resolution, grainy texture, pixelated images, poorly lit areas, "
+    "underexposed and overexposed scenes, poor color balance, washed out colors, choppy sequences, jerky "
+    "movements, low frame rate, artifacting, color banding, unnatural transitions, outdated special effects, "
+    "fake elements, unconvincing visuals, poorly edited content, jump cuts, visual noise, and flickering. "
+    "Overall, the video is of poor quality."
+)
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "7b_text2world"  # DiT preset: {tiny,7b,14b}_{text2world,video2world}
+    dit_dir: str = "Cosmos-Predict1-7B-Text2World"  # under checkpoint_dir; holds model.pt or model.safetensors
+    tokenizer_dir: str = "Cosmos-Tokenize1-CV8x8x8-720p"
+    text_encoder_dir: str = "google-t5/t5-11b"
+    # Tiny presets only: create random-weight files in the real layout when they are missing.
+    random_weights: bool = False
+    # RoPE NTK ratios (t, h, w); None = the reference's value for this size.
+    rope_extrapolation: Optional[List[float]] = None
+
+
+@dataclass
+class SamplerConfig:
+    name: str = "euler"  # euler (the reference's inference sampler) | res (RES 2ab)
+    sigma_min: float = 0.0002
+    sigma_max: float = 80.0
+    rho: float = 7.0
+
+
+@dataclass
+class PrecisionConfig:
+    name: str = "auto"
+    dit_dtype: str = "auto"  # auto = bfloat16 on CUDA, float32 on the CPU | bfloat16 | float32
+    text_encoder_dtype: str = "float32"  # the reference runs T5 in float32
+    tokenizer_dtype: str = "auto"
+
+
+@dataclass
+class ParallelConfig:
+    cp_size: int = 1
+    cp_impl: str = "auto"  # auto | ulysses | ring | usp | te
+    cfg_parallel: bool = False
+    timeout_s: int = 600
+    batch_cfg: bool = True  # single rank: run cond + uncond as one batch of 2
+
+
+@dataclass
+class OffloadConfig:
+    level: str = "none"
+
+
+@dataclass
+class VideoConfig:
+    crf: int = 23  # x264 constant rate factor; the reference's quality=5 is crf 25
+    preset: str = "medium"
+
+
+@dataclass
+class GenerateConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    offload: OffloadConfig = field(default_factory=OffloadConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
+
+    prompt: Optional[str] = None
+    prompts_file: Optional[str] = None
+    name: Optional[str] = None  # sample id for a single `prompt=` run; derived from the prompt if unset
+    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
+    num_steps: int = 35
+    guidance: float = 7.0
+    seed: int = 1
+    fps: int = 24
+    num_frames: int = 121
+    height: int = 704
+    width: int = 1280
+    allow_long_prompts: bool = False
+
+    checkpoint_dir: str = "checkpoints"
+    output_dir: str = "outputs"
+    save_latents: bool = False
+    device: str = "auto"  # auto | cpu | cuda
+    progress: bool = True
+
+    # Dataset scale: this process takes shard `shard_index` of `num_shards` of the prompts file.
+    num_shards: int = 1
+    shard_index: int = 0
+
+
+def register_configs() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="generate_schema", node=GenerateConfig)
+
+
+def validate_config(cfg: Any) -> None:
+    """Checks that need more than a type. Raises ConfigError naming the field and the fix."""
+
+    def bad(fieldname: str, why: str) -> None:
+        raise ConfigError(f"{fieldname}: {why}")
+
+    if not cfg.prompt and not cfg.prompts_file:
+        bad("prompt", 'give prompt="..." or prompts_file=path/to/prompts.jsonl')
+    if cfg.prompt and cfg.prompts_file:
+        bad("prompt", "give either prompt=... or prompts_file=..., not both")
+    if cfg.num_frames < 1 or (cfg.num_frames - 1) % 8:
+        bad("num_frames", f"{cfg.num_frames} is not of the form 1 + 8k (the tokenizer is causal 8x in time); use 121, 57, 17 or 9")
+    for key in ("height", "width"):
+        v = getattr(cfg, key)
+        if v < 16 or v % 16:
+            bad(key, f"{v} must be a positive multiple of 16 (8x tokenizer x 2x patch); e.g. 704x1280")
+    if cfg.height // 16 > 120 or cfg.width // 16 > 120:
+        bad("height/width", f"{cfg.height}x{cfg.width} exceeds the model's position tables (at most 1920 pixels a side)")
+    if cfg.num_steps < 1:
+        bad("num_steps", f"{cfg.num_steps} must be at least 1 (the reference uses 35)")
+    if cfg.guidance < 0:
+        bad("guidance", f"{cfg.guidance} must be >= 0 (0 disables classifier-free guidance; the reference uses 7)")
+    if cfg.fps <= 0:
+        bad("fps", f"{cfg.fps} must be positive (the reference uses 24)")
+    if cfg.sampler.name not in ("euler", "res"):
+        bad("sampler.name", f"{cfg.sampler.name!r}; choose euler or res")
+    if not 0 < cfg.sampler.sigma_min < cfg.sampler.sigma_max:
+        bad("sampler.sigma_min", "need 0 < sigma_min < sigma_max")
+    for key in ("dit_dtype", "tokenizer_dtype", "text_encoder_dtype"):
+        v = getattr(cfg.precision, key)
+        if v not in ("auto", "float32", "bfloat16", "float16"):
+            bad(f"precision.{key}", f"{v!r}; choose auto, float32 or bfloat16")
+    if cfg.device not in ("auto", "cpu", "cuda"):
+        bad("device", f"{cfg.device!r}; choose auto, cpu or cuda")
+    if not 0 <= cfg.video.crf <= 51:
+        bad("video.crf", f"{cfg.video.crf} must be in 0..51 (lower is better quality; 23 is x264's default)")
+    if cfg.num_shards < 1 or not 0 <= cfg.shard_index < cfg.num_shards:
+        bad("shard_index", f"{cfg.shard_index} must be in 0..num_shards-1 (num_shards={cfg.num_shards})")
+    if cfg.parallel.cp_size < 1:
+        bad("parallel.cp_size", f"{cfg.parallel.cp_size} must be >= 1")
+    if cfg.parallel.cp_impl not in ("auto", "ulysses", "ring", "usp", "te"):
+        bad("parallel.cp_impl", f"{cfg.parallel.cp_impl!r}; choose auto, ulysses, ring, usp or te")
+    if cfg.name is not None and cfg.prompts_file:
+        bad("name", "name= names the sample of a single prompt=; in a prompts file give each line an `id`")
