@@ -1,0 +1,69 @@
+"""`generate.py`'s body: configure logging, validate, pick the pipeline, report."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from cosmos_dist.config import validate_config
+from cosmos_dist.errors import CosmosDistError
+
+log = logging.getLogger("cosmos_dist")
+
+
+def setup_logging(is_leader: bool) -> None:
+    level = logging.INFO if is_leader else logging.WARNING
+    rank = os.environ.get("RANK")
+    prefix = f"[rank {rank}] " if rank is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"%(asctime)s {prefix}%(levelname)s %(message)s", "%H:%M:%S"))
+    log.handlers[:] = [handler]
+    log.setLevel(level)
+    log.propagate = False
+
+
+def make_runtime(cfg):
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1 and cfg.parallel.cp_size == 1 and not cfg.parallel.cfg_parallel:
+        from cosmos_dist.pipeline.runtime import SingleProcess
+
+        return SingleProcess()
+    from cosmos_dist.parallel.runtime import DistributedRuntime
+
+    return DistributedRuntime.create(cfg.parallel)
+
+
+def make_pipeline(cfg, runtime):
+    from cosmos_dist.models import get_preset
+
+    preset = get_preset(cfg.model.preset)
+    if preset.video2world:
+        from cosmos_dist.pipeline.video2world import Video2WorldPipeline
+
+        return Video2WorldPipeline(cfg, runtime)
+    from cosmos_dist.pipeline.text2world import Text2WorldPipeline
+
+    return Text2WorldPipeline(cfg, runtime)
+
+
+def run_cli(cfg) -> int:
+    """Returns the process exit code: 0 all done/skipped, 1 some sample failed, 2 a usage error."""
+    setup_logging(os.environ.get("RANK", "0") == "0")
+    runtime = None
+    try:
+        validate_config(cfg)
+        runtime = make_runtime(cfg)
+        setup_logging(runtime.is_global_leader)
+        summary = make_pipeline(cfg, runtime).run()
+    except CosmosDistError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if runtime is not None:
+            runtime.close()
+    log.info(
+        "%d done, %d skipped, %d failed -> %s", len(summary.done), len(summary.skipped), len(summary.failed), cfg.output_dir
+    )
+    if summary.failed:
+        log.error("failed: %s (reasons in %s/manifest.jsonl)", ", ".join(summary.failed[:10]), cfg.output_dir)
+    return summary.exit_code

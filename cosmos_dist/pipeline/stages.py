@@ -1,0 +1,197 @@
+"""The pieces a pipeline is made of: device/dtype choice, model loading, sampling, writing."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from cosmos_dist.errors import ConfigError
+
+log = logging.getLogger("cosmos_dist")
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(name: str, layout) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("device: cuda was asked for but torch sees no CUDA GPU; use device=cpu or device=auto")
+        return torch.device("cuda", layout.local_device_index)
+    return torch.device("cpu")
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return _DTYPES[name]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+# ---- models ------------------------------------------------------------------------------------
+class TextStage:
+    """The T5 encoder with the prompt rules and a cache: the negative prompt is encoded once per run
+    and a repeated prompt is not encoded again."""
+
+    def __init__(self, encoder):
+        self.encoder = encoder
+
+    def check_prompt(self, prompt: str, allow_long: bool):
+        from cosmos_dist.text import check_prompt
+
+        return check_prompt(prompt, self.encoder, allow_long=allow_long)
+
+    def encode_one(self, prompt: str) -> torch.Tensor:
+        emb, _ = self.encoder.encode([prompt])
+        return emb
+
+
+def load_text_encoder(path: Path, device, dtype, layout) -> TextStage:
+    from cosmos_dist.text import T5TextEncoder
+
+    return TextStage(T5TextEncoder.from_dir(path, device=device, dtype=dtype))
+
+
+def load_dit(path: Path, cfg, device, dtype):
+    from cosmos_dist.checkpoint import checkpoint_identity, load_dit as load
+    from cosmos_dist.models import get_preset
+
+    preset = get_preset(cfg.model.preset)
+    if cfg.model.rope_extrapolation is not None:
+        preset = preset.replace(rope_extrapolation=tuple(float(v) for v in cfg.model.rope_extrapolation))
+    net = load(path, cfg=preset, device=device, dtype=dtype)
+    return net, checkpoint_identity(path)
+
+
+class TokenizerStage:
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def decode_to_uint8(self, latent: torch.Tensor):
+        from cosmos_dist.tokenizer import frames_to_uint8
+
+        video = self.tokenizer.decode(latent)
+        return frames_to_uint8(video[0])
+
+
+def load_tokenizer(path: Path, device, dtype, layout) -> TokenizerStage:
+    from cosmos_dist.tokenizer import VideoTokenizer
+
+    return TokenizerStage(VideoTokenizer.from_dir(path, device=device, dtype=dtype))
+
+
+# ---- sampling -----------------------------------------------------------------------------------
+def latent_shape(cfg, channels: int = 16) -> tuple[int, ...]:
+    return (1, channels, 1 + (cfg.num_frames - 1) // 8, cfg.height // 8, cfg.width // 8)
+
+
+def sampler_settings(cfg):
+    from cosmos_dist.sampling import SamplerSettings
+
+    s = cfg.sampler
+    return SamplerSettings(name=s.name, num_steps=cfg.num_steps, sigma_min=s.sigma_min, sigma_max=s.sigma_max, rho=s.rho)
+
+
+def mask_tokens(net, shape, device, dtype, condition_mask=None) -> torch.Tensor:
+    """The non-latent input channels (condition mask, padding mask) as patch tokens (1, N, k)."""
+    b, c, t, h, w = shape
+    zeros = torch.zeros(shape, device=device, dtype=dtype)
+    padding = torch.zeros(1, 1, h * 8, w * 8, device=device, dtype=dtype)  # the reference's all-zero mask
+    full, _ = net.patchify(net.input_channels(zeros, padding, condition_mask))
+    return full[..., c * net.config.patch_volume :]
+
+
+def sample_latent(pipe, sample_id: str, seed: int, cond, uncond) -> torch.Tensor:
+    """Run the sampler on this rank's token shard; returns the full latent (1, 16, T, H, W) float32
+    on the replica leader (None elsewhere)."""
+    from cosmos_dist.pipeline.denoiser import GuidedDenoiser
+    from cosmos_dist.sampling import initial_noise
+
+    cfg, net, layout = pipe.cfg, pipe.net, pipe.layout
+    shape = latent_shape(cfg, net.config.latent_channels)
+    settings = sampler_settings(cfg)
+    noise = initial_noise(shape, seed, sample_id, sigma_max=settings.sigma_max)
+    noise_tokens, grid = net.patchify(noise)
+    token_range = layout.token_range(noise_tokens.shape[1])
+    if token_range is not None:
+        noise_tokens = noise_tokens[:, token_range[0] : token_range[1]]
+    extra = mask_tokens(net, shape, pipe.device, net.dtype)
+    if token_range is not None:
+        extra = extra[:, token_range[0] : token_range[1]]
+    denoiser = GuidedDenoiser(
+        net=net, grid=grid, fps=cfg.fps, cond_emb=cond, uncond_emb=uncond, guidance=cfg.guidance,
+        extra_tokens=extra, token_range=token_range, **layout.denoiser_options(cfg.parallel),
+    )
+    bar = progress_bar(cfg.num_steps, "steps", cfg.progress and layout.is_global_leader, leave=False)
+    out = settings.sample(denoiser, noise_tokens.to(pipe.device), dtype=net.dtype, progress=lambda i, n: bar.update(1))
+    bar.close()
+    full = layout.gather_tokens(out)
+    if full is None:
+        return None
+    return net.unpatchify(full.float(), grid)
+
+
+# ---- outputs -------------------------------------------------------------------------------------
+def write_outputs(pipe, item, latent, frames, timings, t_start, *, prompt, negative, seed, notes, manifest):
+    """mp4 (+ latent) under temporary names, then the sidecar, then the manifest line."""
+    from cosmos_dist.io.records import build_sidecar, write_json_atomic
+    from cosmos_dist.io.video import write_mp4_atomic
+    from cosmos_dist.sampling import sample_seed
+
+    cfg, out = pipe.cfg, pipe.output_dir
+    t0 = time.perf_counter()
+    mp4 = out / f"{item.sample_id}.mp4"
+    write_mp4_atomic(mp4, frames, fps=cfg.fps, crf=cfg.video.crf, preset=cfg.video.preset)
+    files = {"video": mp4.name}
+    if cfg.save_latents:
+        lat = out / f"{item.sample_id}.latent.pt"
+        tmp = lat.with_name(f".{lat.name}.tmp-{os.getpid()}")
+        torch.save(latent.cpu(), tmp)
+        os.replace(tmp, lat)
+        files["latent"] = lat.name
+    timings["write_s"] = time.perf_counter() - t0
+    timings["total_s"] = time.perf_counter() - t_start
+    sidecar = build_sidecar(
+        sample_id=item.sample_id,
+        prompt=prompt,
+        original_prompt=item.prompt if prompt != item.prompt else None,
+        negative_prompt=negative,
+        seed=seed,
+        sample_seed=sample_seed(seed, item.sample_id),
+        model={"preset": cfg.model.preset, "kind": pipe.kind, "random_weights": bool(cfg.model.random_weights)},
+        checkpoint=pipe.checkpoint_info,
+        sampler={**sampler_settings(cfg).to_dict(), "guidance": cfg.guidance},
+        resolution={"num_frames": cfg.num_frames, "height": cfg.height, "width": cfg.width, "fps": cfg.fps},
+        parallel=pipe.layout.describe(),
+        precision={"dit": dtype_name(pipe.dit_dtype), "tokenizer": dtype_name(pipe.tokenizer_dtype), "text_encoder": dtype_name(pipe.text_dtype)},
+        timings={k: round(v, 4) for k, v in timings.items()},
+        notes=notes,
+        files=files,
+        source_line=item.line_number,
+        extra=getattr(pipe, "sidecar_extra", lambda item: {})(item),
+    )
+    write_json_atomic(out / f"{item.sample_id}.json", sidecar)
+    manifest.append(status="done", sample_id=item.sample_id, line=item.line_number, reason=None)
+
+
+class _NoBar:
+    def update(self, n=1):
+        pass
+
+    def close(self):
+        pass
+
+
+def progress_bar(total: int, unit: str, enabled: bool, leave: bool = True):
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit=unit.rstrip("s"), desc=unit, leave=leave, dynamic_ncols=True)
