@@ -61,3 +61,9 @@ def batch_c_noise(value: torch.Tensor, x: torch.Tensor, dtype: torch.dtype) -> t
     reference passes (it casts its float32 timestep to bf16).
     """
     return value.to(dtype).to(x.device).expand(x.shape[0]).contiguous()
+
+
+def check_output(f: torch.Tensor, x_in: torch.Tensor) -> None:
+    """Catch a network output that would silently broadcast against the state."""
+    if f.shape != x_in.shape:
+        raise ValueError(f"denoiser output shape {tuple(f.shape)} != state shape {tuple(x_in.shape)}")
