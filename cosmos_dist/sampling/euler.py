@@ -5,7 +5,7 @@ float32 schedule value, used as a 0-dim float32 tensor like the scheduler does):
 
     x_in  = hooks.network_input(x, sigma_i)             (identity unless Video2World)
     F     = denoise((c_in * x_in) -> dtype, c_noise -> dtype)
-    D     = c_skip * x_in_f32 + (c_out * F)              c_out * F rounds in the network dtype
+    D     = c_skip * x_in_f32 + (c_out * F)              c_out * F is rounded to the network dtype
     x     = x_in_f32 + (x_in_f32 - D) / sigma_i * (sigma_{i+1} - sigma_i)
     x     = x.to(dtype)                                  the state is stored in the network dtype
 
@@ -47,10 +47,12 @@ def euler_step(
     dtype so that c_out * F rounds exactly as the reference's bf16 product does.
     """
     x32 = x_in.to(torch.float32)
-    # 0-dim float32 * bf16 tensor -> bf16 (type promotion keeps the tensor's dtype), then the
-    # sum with the float32 c_skip term is float32 (spec 2.3).
-    d = edm.c_skip(sigma) * x32 + edm.c_out(sigma) * f
-    d = d.to(torch.float32)
+    # The reference multiplies its bf16 F by the 0-dim float32 c_out: the product is bf16, computed
+    # in float32 and rounded once (CUDA reads a CPU 0-dim tensor as a float32 scalar). Spelled out
+    # here because the CPU kernel would instead round c_out itself to bf16 first, so implicit type
+    # promotion would give device-dependent numbers. The sum with c_skip*x is float32 (spec 2.3).
+    c_out_f = (edm.c_out(sigma) * f.to(torch.float32)).to(f.dtype).to(torch.float32)
+    d = edm.c_skip(sigma) * x32 + c_out_f
     if float(sigma_next) == 0.0:
         return d
     derivative = (x32 - d) / sigma
