@@ -129,7 +129,7 @@ def sample_latent(pipe, sample_id: str, seed: int, cond, uncond) -> torch.Tensor
         net=net, grid=grid, fps=cfg.fps, cond_emb=cond, uncond_emb=uncond, guidance=cfg.guidance,
         extra_tokens=extra, token_range=token_range, **layout.denoiser_options(cfg.parallel),
     )
-    bar = progress_bar(cfg.num_steps, "steps", cfg.progress and layout.is_global_leader, leave=False)
+    bar = progress_bar(settings.num_network_evaluations, "steps", cfg.progress and layout.is_global_leader, leave=False)
     out = settings.sample(denoiser, noise_tokens.to(pipe.device), dtype=net.dtype, progress=lambda i, n: bar.update(1))
     bar.close()
     full = layout.gather_tokens(out)

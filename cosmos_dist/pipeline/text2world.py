@@ -19,6 +19,7 @@ from cosmos_dist.errors import CosmosDistError
 from cosmos_dist.io.records import Manifest
 from cosmos_dist.pipeline import stages
 from cosmos_dist.pipeline.assets import resolve_assets
+from cosmos_dist.pipeline.preemption import StopFlag
 from cosmos_dist.pipeline.work import check_output_dir, collect_work, is_done
 
 log = logging.getLogger("cosmos_dist")
@@ -29,6 +30,7 @@ class RunSummary:
     done: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    stopped_by: str | None = None  # the signal that ended the run early, if any
 
     @property
     def exit_code(self) -> int:
@@ -90,7 +92,11 @@ class Text2WorldPipeline:
 
         self.load_models(assets)
         bar = stages.progress_bar(len(pending), "samples", self.cfg.progress and self.layout.is_global_leader)
+        stop = StopFlag.install()
         for item in pending:
+            if stop.requested:
+                summary.stopped_by = stop.signal_name
+                break
             try:
                 self.generate_one(item, manifest)
                 summary.done.append(item.sample_id)
