@@ -6,8 +6,6 @@ limit, cut to exactly the text T5 sees, with a note for the sidecar.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from cosmos_dist.errors import InputError
 
 MAX_WORDS = 300
@@ -22,21 +20,14 @@ def word_count(prompt: str) -> int:
 
 def count_tokens(tokenizer, prompt: str) -> int:
     """T5 tokens of `prompt` without truncation, including the closing `</s>`."""
-    return len(tokenizer(prompt, truncation=False, add_special_tokens=True)["input_ids"])
-
-
-@dataclass
-class PromptCheck:
-    prompt: str  # the prompt to use (truncated when allowed and over the token limit)
-    words: int
-    tokens: int | None  # None when no tokenizer was given
-    truncated: bool = False
-    notes: list[str] = field(default_factory=list)
+    return len(tokenizer(prompt, truncation=False, add_special_tokens=True, verbose=False)["input_ids"])
 
 
 def _truncate_to_tokens(tokenizer, prompt: str, max_tokens: int) -> str:
     """The prefix of `prompt` that T5 sees when truncating to `max_tokens` (the last slot holds `</s>`)."""
-    enc = tokenizer(prompt, truncation=False, add_special_tokens=False, return_offsets_mapping=True)
+    enc = tokenizer(
+        prompt, truncation=False, add_special_tokens=False, return_offsets_mapping=True, verbose=False
+    )
     offsets = enc["offset_mapping"]
     keep = max_tokens - 1
     if keep <= 0:
@@ -55,13 +46,18 @@ def check_prompt(
     max_tokens: int = MAX_TOKENS,
     allow_long: bool = False,
     what: str = "prompt",
-) -> PromptCheck:
-    """Check a prompt against the limits.
+) -> tuple[str, list[str]]:
+    """Check a prompt against the limits; returns `(prompt_to_use, notes)`.
 
-    Returns a `PromptCheck` with the prompt to use and notes. Raises `InputError` for an empty prompt, and for
-    a prompt over `max_words` words or `max_tokens` T5 tokens unless `allow_long`. The token check needs a
-    tokenizer (see `load_t5_tokenizer`); without one only words are checked.
+    `tokenizer` is a T5 tokenizer (see `load_t5_tokenizer`) or a `T5TextEncoder` (its tokenizer is used); without
+    one only words are checked. Raises `InputError` for an empty prompt, and for a prompt over `max_words` words or
+    `max_tokens` T5 tokens unless `allow_long`. With `allow_long`, a prompt over the token limit is cut to exactly
+    the text T5 sees, and the notes (for the sidecar) say so.
     """
+    from cosmos_dist.text.t5 import T5TextEncoder
+
+    if isinstance(tokenizer, T5TextEncoder):
+        tokenizer = tokenizer.tokenizer
     if not isinstance(prompt, str):
         raise InputError(f"{what} must be a string, got {type(prompt).__name__}")
     if not prompt.strip():
@@ -75,16 +71,14 @@ def check_prompt(
             raise InputError(f"{what} has {words} words; the limit is {max_words} words. Shorten it, or {fix}")
         notes.append(f"{what} has {words} words (over the {max_words}-word limit; accepted by allow_long_prompts)")
     out = prompt
-    truncated = False
     if tokens is not None and tokens > max_tokens:
         if not allow_long:
             raise InputError(
                 f"{what} is {tokens} T5 tokens; the limit is {max_tokens} tokens. Shorten it, or {fix}"
             )
         out = _truncate_to_tokens(tokenizer, prompt, max_tokens)
-        truncated = True
         notes.append(
             f"{what} truncated from {tokens} to {max_tokens} T5 tokens (allow_long_prompts); "
             f"{len(prompt) - len(out)} trailing characters were dropped"
         )
-    return PromptCheck(prompt=out, words=words, tokens=tokens, truncated=truncated, notes=notes)
+    return out, notes

@@ -185,7 +185,7 @@ class T5TextEncoder:
             self._cache.popitem(last=False)
 
     # ------------------------------------------------------------------ encoding
-    @torch.inference_mode()
+    @torch.no_grad()
     def _encode_batch(self, texts: Sequence[str]) -> tuple[torch.Tensor, list[int]]:
         tok = self.tokenizer(
             list(texts),

@@ -1,0 +1,111 @@
+"""A tiny random causal video autoencoder, saved in the layout of Cosmos-Tokenize1-CV8x8x8-720p.
+
+It is NOT the real network (spec section 12); it only has the same contract, so the loader and the pipelines
+can be exercised on a CPU: TorchScript `encoder.jit` returning a tuple whose [0] is the latent, `decoder.jit`,
+and `mean_std.pt` holding `(mean, std)` with 16 channels x 16 latent frames.
+
+Causality: every temporal convolution pads time on the left by repeating the first frame; the first pixel frame
+is repeated 7 times before 8-frame groups are folded into channels, so latent frame 0 sees pixel frame 0 only and
+latent frame t >= 1 sees pixel frames <= 8t. 8x8 spatial compression folds 8x8 pixel blocks into channels.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Tuple
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class CausalConv3d(nn.Module):
+    """Conv3d with 'same' zero padding in space and first-frame replicate padding in time (causal)."""
+
+    def __init__(self, cin: int, cout: int, kernel_t: int, kernel_s: int):
+        super().__init__()
+        self.pad_t = kernel_t - 1
+        self.conv = nn.Conv3d(cin, cout, (kernel_t, kernel_s, kernel_s), padding=(0, kernel_s // 2, kernel_s // 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pad_t > 0:
+            x = torch.cat([x[:, :, :1].repeat(1, 1, self.pad_t, 1, 1), x], dim=2)
+        return self.conv(x)
+
+
+class TinyCausalEncoder(nn.Module):
+    def __init__(self, latent_channels: int = 16, hidden: int = 4, width: int = 16, t: int = 8, s: int = 8):
+        super().__init__()
+        self.t = t
+        self.s = s
+        self.hidden = hidden
+        self.conv_in = CausalConv3d(3, hidden, 3, 3)
+        self.proj = nn.Conv3d(hidden * t * s * s, width, 1)
+        self.mix = CausalConv3d(width, width, 2, 1)
+        self.conv_out = nn.Conv3d(width, latent_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        t, s = self.t, self.s
+        h = self.conv_in(x)
+        b, c, f, hh, ww = h.shape
+        h = torch.cat([h[:, :, :1].repeat(1, 1, t - 1, 1, 1), h], dim=2)  # 1 + 8k -> 8(k + 1)
+        n = (f + t - 1) // t
+        h = h.reshape(b, c, n, t, hh // s, s, ww // s, s)
+        h = h.permute(0, 1, 3, 5, 7, 2, 4, 6).reshape(b, c * t * s * s, n, hh // s, ww // s)
+        h = F.silu(self.proj(h))
+        h = h + F.silu(self.mix(h))
+        z = self.conv_out(h)
+        return z, z
+
+
+class TinyCausalDecoder(nn.Module):
+    def __init__(self, latent_channels: int = 16, hidden: int = 4, width: int = 16, t: int = 8, s: int = 8):
+        super().__init__()
+        self.t = t
+        self.s = s
+        self.hidden = hidden
+        self.mix = CausalConv3d(latent_channels, width, 2, 1)
+        self.proj = nn.Conv3d(width, hidden * t * s * s, 1)
+        self.conv_out = CausalConv3d(hidden, 3, 3, 3)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        t, s, c = self.t, self.s, self.hidden
+        h = self.proj(F.silu(self.mix(z)))
+        b, _, n, hh, ww = h.shape
+        h = h.reshape(b, c, t, s, s, n, hh, ww)
+        h = h.permute(0, 1, 5, 2, 6, 3, 7, 4).reshape(b, c, n * t, hh * s, ww * s)
+        h = h[:, :, t - 1 :]  # 8(k + 1) -> 1 + 8k: drop the causal padding frames
+        return self.conv_out(F.silu(h))
+
+
+def write_tiny_tokenizer(
+    path: str | os.PathLike,
+    latent_channels: int = 16,
+    seed: int = 0,
+    *,
+    latent_frames: int = 16,
+    hidden: int = 4,
+    width: int = 16,
+) -> Path:
+    """Write `encoder.jit`, `decoder.jit` and `mean_std.pt` of a tiny random causal tokenizer into `path`."""
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    gen_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        enc = TinyCausalEncoder(latent_channels, hidden, width).eval()
+        dec = TinyCausalDecoder(latent_channels, hidden, width).eval()
+        g = torch.Generator().manual_seed(seed + 1)
+        n = latent_channels * latent_frames
+        mean = 0.1 * torch.randn(n, generator=g)
+        std = 0.5 + torch.rand(n, generator=g)
+    finally:
+        torch.random.set_rng_state(gen_state)
+    with warnings.catch_warnings():
+        # TorchScript is deprecated in recent torch, but it is the format of the released tokenizer files.
+        warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*torch.jit")
+        torch.jit.script(enc).save(str(out / "encoder.jit"))
+        torch.jit.script(dec).save(str(out / "decoder.jit"))
+    torch.save((mean, std), str(out / "mean_std.pt"))
+    return out
