@@ -72,14 +72,15 @@ def ensure_tiny_assets(preset: str, dit_dir: Path, tok_dir: Path, t5_dir: Path) 
     """
     if not preset.startswith("tiny"):
         raise CheckpointError(f"model.random_weights: only tiny presets have random stand-ins, not {preset}")
-    from cosmos_dist.checkpoint.random_init import write_random_checkpoint
+    from cosmos_dist.checkpoint import write_random_checkpoint
+    from cosmos_dist.models import get_preset
     from cosmos_dist.text import write_tiny_t5
     from cosmos_dist.tokenizer import write_tiny_tokenizer
-    from cosmos_dist.models import get_preset
 
-    d_model = get_preset(preset).crossattn_emb_channels
+    dit_cfg = get_preset(preset)
+    d_model = dit_cfg.crossattn_emb_channels
     if find_dit_file(dit_dir) is None:
-        _atomic_dir(dit_dir, lambda tmp: write_random_checkpoint(preset, tmp / "model.pt", seed=0))
+        _atomic_dir(dit_dir, lambda tmp: write_random_checkpoint(tmp / "model.pt", dit_cfg, seed=0))
     if not (tok_dir / "decoder.jit").is_file():
         _atomic_dir(tok_dir, lambda tmp: write_tiny_tokenizer(tmp, seed=0))
     if not (t5_dir / "config.json").is_file():

@@ -67,7 +67,7 @@ def load_dit(path: Path, cfg, device, dtype):
     if cfg.model.rope_extrapolation is not None:
         preset = preset.replace(rope_extrapolation=tuple(float(v) for v in cfg.model.rope_extrapolation))
     net = load(path, cfg=preset, device=device, dtype=dtype)
-    return net, checkpoint_identity(path)
+    return net, checkpoint_identity(path).to_dict()
 
 
 class TokenizerStage:
@@ -175,10 +175,19 @@ def write_outputs(pipe, item, latent, frames, timings, t_start, *, prompt, negat
         notes=notes,
         files=files,
         source_line=item.line_number,
-        extra=getattr(pipe, "sidecar_extra", lambda item: {})(item),
+        extra={"config": resolved_config(cfg), **getattr(pipe, "sidecar_extra", lambda item: {})(item)},
     )
     write_json_atomic(out / f"{item.sample_id}.json", sidecar)
     manifest.append(status="done", sample_id=item.sample_id, line=item.line_number, reason=None)
+
+
+def resolved_config(cfg) -> dict:
+    """The whole run configuration as plain data, for the sidecar (reproduces the sample)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return dict(cfg)
 
 
 class _NoBar:
