@@ -23,11 +23,9 @@ The reference takes the model's state dict (checkpoint key names without the `ne
 `perturb` selects a single deliberately wrong wiring detail; the negative-control tests use it to
 show that the comparison has teeth.
 
-Findings (see FLOAT64_CRASH): the float32 model matches the restatement to float32 rounding (~4e-7).
-`build_dit(dtype=torch.float64)` crashes, and once that is worked around in the test it still computes
-the spec's float32 pieces (timestep sinusoid, RMSNorms, RoPE table) in float32, so the brief's 1e-10
-float64 pin is marked xfail; a second float64 test emulates those float32 pieces in the restatement
-and holds the model to F64_ISLANDS_TOL.
+The float32 model matches the restatement to float32 rounding (~4e-7); the model built in float64
+(where the reference's float32 pieces -- timestep sinusoid, RMSNorms, RoPE table -- widen to float64)
+matches it to <= 1e-10, which pins every wiring detail.
 """
 from __future__ import annotations
 
@@ -472,33 +470,6 @@ def float64_output(name):
     return _F64_CACHE[name]
 
 
-@pytest.fixture
-def float64_norm_workaround(monkeypatch):
-    """Test-side workaround for the float64 crash in the model (see FLOAT64_CRASH): the learnable
-    axis embedding asks `torch.linalg.vector_norm(..., dtype=torch.float32)`, which torch refuses for
-    float64 input. For float64 input only, the requested dtype is widened to float64. Scoped to the test."""
-    original = torch.linalg.vector_norm
-
-    def vector_norm(x, *args, dtype=None, **kwargs):
-        if dtype is not None and x.dtype == F64:
-            dtype = F64
-        return original(x, *args, dtype=dtype, **kwargs)
-
-    monkeypatch.setattr(torch.linalg, "vector_norm", vector_norm)
-
-
-# Tolerance of the float64 model against the restatement with the float32 islands emulated.
-F64_ISLANDS_TOL = 3e-8
-
-FLOAT64_CRASH = (
-    "build_dit(dtype=torch.float64) cannot run: cosmos_dist/models/embeddings.py LearnablePosEmbAxis.embedding "
-    "calls torch.linalg.vector_norm(emb, dtype=torch.float32) on float64 emb -> RuntimeError 'should be "
-    "convertible without narrowing'. Even with that worked around, the float64 model is not float64 "
-    "throughout: the timestep sinusoid, the RMSNorms (affline, q/k) and the RoPE cos/sin table are computed "
-    "in float32 (also with rope_in_model_dtype=True), so it matches the float64 restatement to ~1e-7, not 1e-10."
-)
-
-
 # ---------------------------------------------------------------------------------------------------
 # Tests
 # ---------------------------------------------------------------------------------------------------
@@ -528,7 +499,6 @@ def test_float32_model_matches_float64_reference(case):
     assert err <= 1e-5, err
 
 
-@pytest.mark.xfail(strict=True, reason=FLOAT64_CRASH)
 @pytest.mark.parametrize("case", list(CASES))
 def test_float64_model_matches_float64_reference(case):
     """The brief's pin: the model built in float64 equals the pure float64 restatement to <= 1e-10."""
@@ -539,23 +509,6 @@ def test_float64_model_matches_float64_reference(case):
     err = rel_err(out, ref)
     print(f"[{case}] float64 model vs float64 reference: rel err {err:.3e}")
     assert err <= 1e-10, err
-
-
-@pytest.mark.parametrize("case", list(CASES))
-def test_float64_model_matches_reference_with_fp32_islands(case, float64_norm_workaround):
-    """What the float64 model can be held to today: with the crash worked around and the spec's float32
-    pieces (sinusoid, RMSNorms, RoPE table) computed in float32 in the restatement too, everything else
-    must agree to far below float32 rounding. The residual (0.5-1.3e-8 here) is float32 rounding flips
-    caused by 1-ulp float64 differences in the inputs of those float32 pieces; without the emulation the
-    difference is 7-10e-8."""
-    cfg, sd, inputs, ref = reference_for(case)
-    out = float64_output(case)
-    assert out.dtype == F64
-    ref_islands = run_reference(cfg, sd, inputs, fp32_islands=True)
-    err = rel_err(out, ref_islands)
-    err_pure = rel_err(out, ref)
-    print(f"[{case}] float64 model vs reference with fp32 islands: rel err {err:.3e} (vs pure float64: {err_pure:.3e})")
-    assert err <= F64_ISLANDS_TOL, err
 
 
 # Each perturbation is checked on a case where the detail it breaks is exercised.
@@ -578,13 +531,13 @@ def test_negative_control_wrong_wiring_is_detected(perturb):
 
 
 @pytest.mark.parametrize("perturb", SUBTLE_PERTURBATIONS)
-def test_negative_control_subtle_detail_is_resolved_in_float64(perturb, float64_norm_workaround):
+def test_negative_control_subtle_detail_is_resolved_in_float64(perturb):
     """eps values and the GELU form barely move the output (some by less than float32 rounding); the
-    float64 comparison (<= F64_ISLANDS_TOL) still resolves every one of them."""
-    cfg, sd, inputs, _ = reference_for("v2w-rope222-fps12")
+    float64 comparison (<= 1e-10) still resolves every one of them."""
+    cfg, sd, inputs, ref = reference_for("v2w-rope222-fps12")
     out = float64_output("v2w-rope222-fps12")
-    assert rel_err(out, run_reference(cfg, sd, inputs, fp32_islands=True)) <= F64_ISLANDS_TOL
-    wrong = run_reference(cfg, sd, inputs, perturb=perturb, fp32_islands=True)
+    assert rel_err(out, ref) <= 1e-10
+    wrong = run_reference(cfg, sd, inputs, perturb=perturb)
     err = rel_err(out, wrong)
     print(f"[{perturb}] float64 model vs perturbed reference: rel err {err:.3e}")
     assert err > 1e-7, err

@@ -99,13 +99,13 @@ class CosmosDiT(nn.Module):
     ) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
         """RoPE (cos, sin) and the learnable embedding for the full grid, sliced to token_range."""
         dtype, device = self.dtype, self.affline_norm.weight.device
-        angle_dtype = dtype if self.rope_in_model_dtype else torch.float32
+        angle_dtype = dtype if self.rope_in_model_dtype else torch.promote_types(dtype, torch.float32)
         angles = self.pos_embedder.angles(grid, fps, angle_dtype, device)
         extra = self.extra_pos_embedder.embedding(grid)
         if token_range is not None:
             angles = angles[token_range[0] : token_range[1]]
             extra = extra[token_range[0] : token_range[1]]
-        return rope_cos_sin(angles, dtype), extra.unsqueeze(0)
+        return rope_cos_sin(angles), extra.unsqueeze(0)
 
     def forward_tokens(
         self,
@@ -172,8 +172,12 @@ def build_dit(
     cfg: DiTConfig, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, **kwargs
 ) -> CosmosDiT:
     """Construct the network. On device "meta" nothing is allocated (for loading real weights)."""
-    with torch.device(device):
-        net = CosmosDiT(cfg, **kwargs)
-    if str(device) != "meta":
-        net = net.to(dtype)
+    # Construct directly in the run dtype so a 14B model never exists in float32 on the device.
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype if dtype.is_floating_point else previous)
+    try:
+        with torch.device(device):
+            net = CosmosDiT(cfg, **kwargs)
+    finally:
+        torch.set_default_dtype(previous)
     return net.eval().requires_grad_(False)

@@ -14,6 +14,12 @@ from torch import nn
 from cosmos_dist.models.presets import DiTConfig
 
 
+def _at_least_fp32(dtype: torch.dtype) -> torch.dtype:
+    """The reference computes norms, sinusoids and RoPE in float32 for bf16 models; a float64
+    model (used to pin our arithmetic in tests) keeps float64."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 class RMSNorm(nn.Module):
     """RMSNorm as Transformer Engine computes it: float32 statistics, weight applied, input dtype out."""
 
@@ -23,9 +29,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
+        xf = x.to(_at_least_fp32(x.dtype))
         y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (y * self.weight.float()).to(x.dtype)
+        return (y * self.weight.to(xf.dtype)).to(x.dtype)
 
 
 class PatchFlatten(nn.Module):
@@ -74,8 +80,9 @@ class Timesteps(nn.Module):
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         half = self.dim // 2
-        exponent = -math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half
-        angles = t.float()[:, None] * torch.exp(exponent)[None, :]
+        wide = _at_least_fp32(t.dtype)
+        exponent = -math.log(10000.0) * torch.arange(half, dtype=wide, device=t.device) / half
+        angles = t.to(wide)[:, None] * torch.exp(exponent)[None, :]
         return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1).to(t.dtype)
 
 
@@ -123,17 +130,19 @@ class RoPE3D(nn.Module):
     def angles(
         self, grid: tuple[int, int, int], fps: torch.Tensor | float | None, dtype: torch.dtype, device
     ) -> torch.Tensor:
-        """(T*H*W, head_dim) float32 angles for the full (t, h, w) grid, t-major token order."""
+        """(T*H*W, head_dim) angles (float32, float64 for a float64 model) for the full (t, h, w)
+        grid, t-major token order."""
         t, h, w = grid
         if h > self.max_h or w > self.max_w or max(t, h, w) > self.seq_len:
             raise ValueError(
                 f"patch grid (T, H, W) = {grid} exceeds the RoPE table ({self.seq_len} positions, H/W <= "
                 f"{self.max_h}/{self.max_w} patches)"
             )
-        seq = torch.arange(self.seq_len, dtype=torch.float32, device=device).to(dtype)
+        wide = _at_least_fp32(dtype)
+        seq = torch.arange(self.seq_len, dtype=wide, device=device).to(dtype)
 
         def freqs(theta: float, dim: int) -> torch.Tensor:
-            rng = (torch.arange(0, dim, 2, dtype=torch.float32, device=device)[: dim // 2] / dim).to(dtype)
+            rng = (torch.arange(0, dim, 2, dtype=wide, device=device)[: dim // 2] / dim).to(dtype)
             return 1.0 / (theta**rng)
 
         pos_t = seq[:t]
@@ -152,19 +161,24 @@ class RoPE3D(nn.Module):
             * 2,
             dim=-1,
         )
-        return emb.reshape(t * h * w, -1).float()
+        return emb.reshape(t * h * w, -1).to(wide)
 
 
-def rope_cos_sin(angles: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    return angles.cos().to(dtype), angles.sin().to(dtype)
+def rope_cos_sin(angles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables at the angles' precision (float32 for bf16 models, as TE's fused RoPE)."""
+    return angles.cos(), angles.sin()
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Non-interleaved rotate-half RoPE. x (B, L, H, D); cos/sin (L, D)."""
+    """Non-interleaved rotate-half RoPE. x (B, L, H, D); cos/sin (L, D).
+
+    Computed at the tables' precision and rounded once to x's dtype, as Transformer Engine's fused
+    kernel does for the reference."""
     half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]
+    xw = x.to(cos.dtype)
+    x1, x2 = xw[..., :half], xw[..., half:]
     rotated = torch.cat([-x2, x1], dim=-1)
-    return x * cos[None, :, None, :] + rotated * sin[None, :, None, :]
+    return (xw * cos[None, :, None, :] + rotated * sin[None, :, None, :]).to(x.dtype)
 
 
 class LearnablePosEmbAxis(nn.Module):
@@ -197,7 +211,7 @@ class LearnablePosEmbAxis(nn.Module):
             + self.pos_emb_w[None, None, :w, :].expand(t, h, w, d)
         )
         # Norm in float32, cast to the model dtype, then divide (as the reference's `normalize`).
-        norm = torch.linalg.vector_norm(emb, dim=-1, keepdim=True, dtype=torch.float32)
+        norm = torch.linalg.vector_norm(emb, dim=-1, keepdim=True, dtype=_at_least_fp32(emb.dtype))
         norm = self.eps + norm * math.sqrt(1.0 / d)
         return (emb / norm.to(emb.dtype)).reshape(t * h * w, d)
 

@@ -1,0 +1,271 @@
+"""Speed of one guided DiT step at the full latent, ours beside diffusers' implementation, one GPU.
+
+    python tools/benchmark.py --model 7b --diffusers --profile --output bench-7b.json
+    python tools/benchmark.py --model tiny --device cpu --reps 2      # the CPU smoke run (tests)
+
+A guided step is the conditional and the unconditional network pass at one sigma. It is timed as
+two passes of batch 1 ("sequential", what the reference does) and as one pass of batch 2
+("batched"). Times are medians over `--reps` repetitions after `--warmup` runs, taken with CUDA
+events (host clock on the CPU). Weights are random; only shapes matter for speed.
+
+FLOPs counted (multiply-add = 2 FLOPs), per sample and forward, L video tokens, M text tokens, D
+model width, C text width, n blocks: self-attention projections 8 L D^2, attention 4 L^2 D;
+cross-attention q/out 4 L D^2, k/v 4 M C D, attention 4 L M D; MLP 16 L D^2 (mlp_ratio 4);
+patch embed / final layer / adaLN are added exactly. Softmax and elementwise work are not counted.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cosmos_dist.models import build_dit, get_preset  # noqa: E402
+
+SHAPES = {  # latent (T, H, W) per model size: 121 x 704 x 1280 video for the real ones
+    "tiny": (3, 16, 24),
+    "7b": (16, 88, 160),
+    "14b": (16, 88, 160),
+}
+
+
+def model_flops(cfg, grid_tokens: int, text_tokens: int = 512) -> dict:
+    d, c, n, l, m = cfg.model_channels, cfg.crossattn_emb_channels, cfg.num_blocks, grid_tokens, text_tokens
+    hidden = cfg.mlp_hidden
+    per_block_matmul = 8 * l * d * d + 4 * l * d * d + 4 * m * c * d + 4 * l * d * hidden
+    per_block_attn = 4 * l * l * d + 4 * l * m * d
+    adaln = 3 * 2 * (d * cfg.adaln_lora_dim + cfg.adaln_lora_dim * 3 * d)
+    extra = 2 * l * cfg.patch_in_features * d + 2 * l * d * cfg.patch_out_features
+    matmul = n * (per_block_matmul + adaln) + extra
+    attn = n * per_block_attn
+    return {"matmul": matmul, "attention": attn, "total": matmul + attn}
+
+
+class Timer:
+    def __init__(self, device):
+        self.cuda = device.type == "cuda"
+
+    def __call__(self, fn, reps: int, warmup: int) -> list[float]:
+        for _ in range(warmup):
+            fn()
+        times = []
+        for _ in range(reps):
+            if self.cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                torch.cuda.synchronize()
+                times.append(start.elapsed_time(end) / 1000)
+            else:
+                t0 = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t0)
+        return times
+
+
+def inputs(cfg, grid, device, dtype, batch: int):
+    t, h, w = grid
+    g = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.randn(batch, cfg.latent_channels, t, h, w, generator=g).to(device, dtype)
+    emb = torch.randn(batch, 512, cfg.crossattn_emb_channels, generator=g).to(device, dtype)
+    c_noise = torch.full((batch,), 0.25 * math.log(10.0), device=device, dtype=dtype)
+    return x, emb, c_noise
+
+
+def our_step_fns(net, grid, device, dtype):
+    cfg = net.config
+    x1, e1, t1 = inputs(cfg, grid, device, dtype, 1)
+    x2, e2, t2 = inputs(cfg, grid, device, dtype, 2)
+    fps = torch.tensor([24.0], device=device)
+    tok1, g = net.patchify(net.input_channels(x1))
+    tok2, _ = net.patchify(net.input_channels(x2))
+    positions = net.position_tables(g, fps.to(dtype))
+
+    def one(tokens, t, e):
+        return net.forward_tokens(tokens, t, e, g, fps, positions=positions)
+
+    def sequential():
+        one(tok1, t1, e1)
+        one(tok1, t1, e1)
+
+    def batched():
+        one(tok2, t2, e2)
+
+    return {"sequential": sequential, "batched": batched}, (tok1, t1, e1, one)
+
+
+def _ensure_torchvision_resize():
+    """diffusers' Cosmos transformer resizes the padding mask with torchvision; where torchvision is
+    missing (the CPU test machine) give that module the one nearest-neighbour resize it uses."""
+    import types
+
+    import diffusers.models.transformers.transformer_cosmos as mod
+
+    if hasattr(mod, "transforms"):
+        return
+    nearest = "nearest"
+
+    def resize(t, size, interpolation=None):
+        return torch.nn.functional.interpolate(t, size=size, mode="nearest")
+
+    mod.transforms = types.SimpleNamespace(
+        functional=types.SimpleNamespace(resize=resize), InterpolationMode=types.SimpleNamespace(NEAREST=nearest)
+    )
+
+
+def diffusers_step_fns(cfg, grid, device, dtype):
+    from diffusers import CosmosTransformer3DModel
+
+    _ensure_torchvision_resize()
+
+    prev = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = CosmosTransformer3DModel(
+                in_channels=cfg.latent_channels, out_channels=cfg.latent_channels,
+                num_attention_heads=cfg.num_heads, attention_head_dim=cfg.head_dim, num_layers=cfg.num_blocks,
+                mlp_ratio=cfg.mlp_ratio, text_embed_dim=cfg.crossattn_emb_channels, adaln_lora_dim=cfg.adaln_lora_dim,
+                max_size=(cfg.max_frames, cfg.max_img_h, cfg.max_img_w), patch_size=(1, 2, 2),
+                rope_scale=tuple(cfg.rope_extrapolation), concat_padding_mask=True, extra_pos_embed_type="learnable",
+            )
+    finally:
+        torch.set_default_dtype(prev)
+    model = model.eval().requires_grad_(False)
+    t, h, w = grid
+    fns = {}
+    for batch, name in ((1, "sequential"), (2, "batched")):
+        x, emb, _ = inputs(cfg, grid, device, dtype, batch)
+        ts = torch.full((batch,), 0.5, device=device, dtype=dtype)
+        pm = torch.zeros(1, 1, h * 8, w * 8, device=device, dtype=dtype)  # diffusers repeats it per batch
+
+        def call(x=x, emb=emb, ts=ts, pm=pm):
+            return model(hidden_states=x, timestep=ts, encoder_hidden_states=emb, fps=24, padding_mask=pm, return_dict=False)
+
+        fns[name] = (lambda call=call: (call(), call())) if batch == 1 else call
+    return model, fns
+
+
+def profile_shares(fn, device) -> dict:
+    """Share of device time in attention kernels, matrix products and the rest."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CUDA] if device.type == "cuda" else [ProfilerActivity.CPU]
+    with profile(activities=acts) as prof:
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    buckets = {"attention": 0.0, "matmul": 0.0, "other": 0.0}
+    top = []
+    for ev in prof.key_averages():
+        t = ev.self_device_time_total if device.type == "cuda" else ev.self_cpu_time_total
+        if t <= 0:
+            continue
+        name = ev.key.lower()
+        if any(k in name for k in ("flash", "fmha", "attention", "cudnn", "sdpa", "softmax")):
+            buckets["attention"] += t
+        elif any(k in name for k in ("gemm", "nvjet", "cutlass", "xmma", "matmul", "aten::mm", "aten::addmm", "aten::bmm", "sm90")):
+            buckets["matmul"] += t
+        elif device.type == "cuda" or not name.startswith("aten::") or name in ("aten::copy_",):
+            buckets["other"] += t
+        top.append((t, ev.key))
+    total = sum(buckets.values()) or 1.0
+    top.sort(reverse=True)
+    return {
+        "share": {k: round(v / total, 4) for k, v in buckets.items()},
+        "top_kernels": [{"name": n[:120], "ms": round(t / 1000, 3)} for t, n in top[:12]],
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="7b", choices=sorted(SHAPES))
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--modes", default="sequential,batched")
+    ap.add_argument("--compile", action="store_true", help="torch.compile each transformer block")
+    ap.add_argument("--diffusers", action="store_true", help="also time diffusers' CosmosTransformer3DModel")
+    ap.add_argument("--profile", action="store_true", help="profiler shares of attention / matmul / other")
+    ap.add_argument("--output", help="write the results as JSON here")
+    args = ap.parse_args(argv)
+
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    cfg = get_preset(f"{args.model}_text2world")
+    grid_latent = SHAPES[args.model]
+    grid_tokens = grid_latent[0] * (grid_latent[1] // 2) * (grid_latent[2] // 2)
+    flops = model_flops(cfg, grid_tokens)
+    timer = Timer(device)
+    modes = [m for m in args.modes.split(",") if m]
+    result = {
+        "date": _dt.date.today().isoformat(),
+        "command": " ".join(["python", "tools/benchmark.py", *(argv if argv is not None else sys.argv[1:])]),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "model": args.model,
+        "dtype": args.dtype,
+        "latent": [cfg.latent_channels, *grid_latent],
+        "tokens": grid_tokens,
+        "flops_per_forward": flops,
+        "ours": {},
+    }
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.cuda.reset_peak_memory_stats(device)
+
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        net = build_dit(cfg, device=device, dtype=dtype)
+        result["ours"]["build_s"] = round(time.perf_counter() - t0, 2)
+        if args.compile:
+            for name, block in net.blocks.items():
+                net.blocks[name] = torch.compile(block, dynamic=False)
+        fns, _ = our_step_fns(net, grid_latent, device, dtype)
+        for mode in modes:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            times = timer(fns[mode], args.reps, args.warmup)
+            med = statistics.median(times)
+            entry = {"step_s": round(med, 4), "times_s": [round(t, 4) for t in times]}
+            entry["tflops"] = round(2 * flops["total"] / med / 1e12, 1)
+            if device.type == "cuda":
+                entry["peak_gb"] = round(torch.cuda.max_memory_allocated(device) / 1e9, 2)
+            result["ours"][mode] = entry
+            print(f"ours {mode:10s} {med:8.3f} s/step  {entry['tflops']:7.1f} TFLOP/s  peak {entry.get('peak_gb', '-')} GB", flush=True)
+        if args.profile:
+            result["ours"]["profile"] = profile_shares(fns[modes[0]], device)
+            print("ours profile shares:", result["ours"]["profile"]["share"], flush=True)
+        del net, fns
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+        if args.diffusers:
+            model, dfns = diffusers_step_fns(cfg, grid_latent, device, dtype)
+            result["diffusers"] = {}
+            for mode in modes:
+                times = timer(dfns[mode], args.reps, args.warmup)
+                med = statistics.median(times)
+                result["diffusers"][mode] = {"step_s": round(med, 4), "times_s": [round(t, 4) for t in times]}
+                ratio = med / result["ours"][mode]["step_s"]
+                result["diffusers"][mode]["ours_speedup"] = round(ratio, 3)
+                print(f"diffusers {mode:10s} {med:8.3f} s/step  (ours is {ratio:.2f}x faster)", flush=True)
+            del model, dfns
+
+    if args.output:
+        Path(args.output).write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k not in ("ours", "diffusers")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
