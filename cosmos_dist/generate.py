@@ -54,7 +54,13 @@ def run_cli(cfg) -> int:
         validate_config(cfg)
         runtime = make_runtime(cfg)
         setup_logging(runtime.is_global_leader)
-        summary = make_pipeline(cfg, runtime).run()
+        if hasattr(runtime, "layout"):
+            from cosmos_dist.parallel.guard import run_guarded
+
+            # No hangs: a rank that fails ends the job, naming itself and the cause.
+            summary = run_guarded(lambda: make_pipeline(cfg, runtime).run(), runtime.layout)
+        else:
+            summary = make_pipeline(cfg, runtime).run()
     except CosmosDistError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -81,7 +81,7 @@ def inputs(cfg, grid, device, dtype, batch: int):
     return x, emb, c_noise
 
 
-def our_step_fns(net, grid, device, dtype):
+def our_step_fns(net, grid, device, dtype, attention=None):
     cfg = net.config
     x1, e1, t1 = inputs(cfg, grid, device, dtype, 1)
     x2, e2, t2 = inputs(cfg, grid, device, dtype, 2)
@@ -90,8 +90,10 @@ def our_step_fns(net, grid, device, dtype):
     tok2, _ = net.patchify(net.input_channels(x2))
     positions = net.position_tables(g, fps.to(dtype))
 
+    attn = {} if attention is None else {"self_attention": attention, "cross_attention": attention}
+
     def one(tokens, t, e):
-        return net.forward_tokens(tokens, t, e, g, fps, positions=positions)
+        return net.forward_tokens(tokens, t, e, g, fps, positions=positions, **attn)
 
     def sequential():
         one(tok1, t1, e1)
@@ -155,6 +157,30 @@ def diffusers_step_fns(cfg, grid, device, dtype):
     return model, fns
 
 
+def reference_check(net, cfg, device, dtype) -> dict:
+    """One forward in the run dtype against the same weights in float32 (TF32 off), at a quarter of
+    the full latent's tokens so the float32 copy and pass fit beside the model."""
+    import copy
+
+    grid = (SHAPES_CHECK.get(cfg.name.split("_")[0], (3, 16, 24)))
+    x, emb, t = inputs(cfg, grid, device, torch.float32, 1)
+    fps = torch.tensor([24.0], device=device)
+    out = net(x.to(dtype), t.to(dtype), emb.to(dtype), fps=fps.to(dtype)).float()
+    ref_net = copy.deepcopy(net).float()
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        ref = ref_net(x, t, emb, fps=fps).float()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+    del ref_net
+    err = (torch.linalg.vector_norm(out - ref) / torch.linalg.vector_norm(ref)).item()
+    return {"latent": [cfg.latent_channels, *grid], "rel_err": round(err, 6), "finite": bool(torch.isfinite(out).all())}
+
+
+SHAPES_CHECK = {"7b": (16, 44, 80), "14b": (16, 44, 80)}
+
+
 def profile_shares(fn, device) -> dict:
     """Share of device time in attention kernels, matrix products and the rest."""
     from torch.profiler import ProfilerActivity, profile
@@ -197,6 +223,10 @@ def main(argv=None) -> int:
     ap.add_argument("--compile", action="store_true", help="torch.compile each transformer block")
     ap.add_argument("--diffusers", action="store_true", help="also time diffusers' CosmosTransformer3DModel")
     ap.add_argument("--profile", action="store_true", help="profiler shares of attention / matmul / other")
+    ap.add_argument("--attention", default="sdpa", help="local attention backend: sdpa, cudnn, flash, efficient")
+    ap.add_argument("--write-checkpoint", help="first write a random real-format model.pt here (timed)")
+    ap.add_argument("--checkpoint", help="load the network from this model.pt / .safetensors (timed) instead of random init")
+    ap.add_argument("--check", action="store_true", help="compare one bf16 forward with a float32 eager forward at a reduced latent")
     ap.add_argument("--output", help="write the results as JSON here")
     args = ap.parse_args(argv)
 
@@ -224,13 +254,35 @@ def main(argv=None) -> int:
         torch.cuda.reset_peak_memory_stats(device)
 
     with torch.no_grad():
+        if args.write_checkpoint:
+            from cosmos_dist.checkpoint import write_random_checkpoint
+
+            t0 = time.perf_counter()
+            info = write_random_checkpoint(args.write_checkpoint, cfg, dtype=torch.bfloat16)
+            result["write_checkpoint"] = {"s": round(time.perf_counter() - t0, 1), **{k: v for k, v in info.items() if k != "path"}}
+            print("wrote checkpoint:", result["write_checkpoint"], flush=True)
+            args.checkpoint = args.checkpoint or args.write_checkpoint
         t0 = time.perf_counter()
-        net = build_dit(cfg, device=device, dtype=dtype)
-        result["ours"]["build_s"] = round(time.perf_counter() - t0, 2)
+        if args.checkpoint:
+            from cosmos_dist.checkpoint import load_dit
+
+            net = load_dit(args.checkpoint, cfg=cfg, device=device, dtype=dtype)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            result["ours"]["load_s"] = round(time.perf_counter() - t0, 2)
+            print(f"loaded {args.checkpoint} in {result['ours']['load_s']} s", flush=True)
+        else:
+            net = build_dit(cfg, device=device, dtype=dtype)
+            result["ours"]["build_s"] = round(time.perf_counter() - t0, 2)
+        if args.check:
+            result["ours"]["check"] = reference_check(net, cfg, device, dtype)
+            print("bf16 vs fp32 eager:", result["ours"]["check"], flush=True)
         if args.compile:
             for name, block in net.blocks.items():
                 net.blocks[name] = torch.compile(block, dynamic=False)
-        fns, _ = our_step_fns(net, grid_latent, device, dtype)
+        from cosmos_dist.attention import get_local_attention
+
+        fns, _ = our_step_fns(net, grid_latent, device, dtype, get_local_attention(args.attention))
         for mode in modes:
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)

@@ -66,7 +66,27 @@ def _cuda_attention_with_lse(q, k, v):
     return out.transpose(1, 2), lse.float()
 
 
-LOCAL_BACKENDS: dict[str, Callable] = {"sdpa": sdpa_attention}
+def _forced_sdpa(backend_name: str) -> Callable:
+    """SDPA restricted to one kernel family (cuDNN attention is the fastest on Hopper at these
+    sequence lengths; PyTorch's default choice may be flash attention 2)."""
+
+    def attn(q, k, v):
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        with sdpa_kernel([getattr(SDPBackend, backend_name)]):
+            return sdpa_attention(q, k, v)
+
+    attn.__name__ = f"sdpa_{backend_name.lower()}"
+    return attn
+
+
+LOCAL_BACKENDS: dict[str, Callable] = {
+    "sdpa": sdpa_attention,
+    "cudnn": _forced_sdpa("CUDNN_ATTENTION"),
+    "flash": _forced_sdpa("FLASH_ATTENTION"),
+    "efficient": _forced_sdpa("EFFICIENT_ATTENTION"),
+    "math": _forced_sdpa("MATH"),
+}
 
 
 def get_local_attention(name: str = "sdpa") -> Callable:

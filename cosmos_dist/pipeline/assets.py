@@ -38,13 +38,14 @@ def find_dit_file(dit_dir: Path) -> Path | None:
     return None
 
 
-def resolve_assets(cfg) -> AssetPaths:
+def resolve_assets(cfg, announce: bool = True) -> AssetPaths:
     root = Path(cfg.checkpoint_dir)
     m = cfg.model
     dit_dir, tok_dir, t5_dir = root / m.dit_dir, root / m.tokenizer_dir, root / m.text_encoder_dir
     if m.random_weights:
         ensure_tiny_assets(m.preset, dit_dir, tok_dir, t5_dir)
-        log.warning(RANDOM_WEIGHTS_BANNER.format(preset=m.preset, root=dit_dir.parent))
+        if announce:
+            log.warning(RANDOM_WEIGHTS_BANNER.format(preset=m.preset, root=dit_dir.parent))
     dit = find_dit_file(dit_dir)
     if dit is None:
         raise CheckpointError(

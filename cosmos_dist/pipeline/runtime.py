@@ -20,7 +20,13 @@ class SingleProcess:
     def token_range(self, num_tokens: int):
         return None
 
-    def denoiser_options(self, parallel_cfg) -> dict:
+    def on_leader(self, fn):
+        return fn()
+
+    def share_tensor(self, t):
+        return t
+
+    def denoiser_options(self, parallel_cfg, grid=None, num_heads=None) -> dict:
         return {"self_attention": sdpa_attention, "mode": "batch" if parallel_cfg.batch_cfg else "sequential"}
 
     def gather_tokens(self, tokens):

@@ -53,9 +53,15 @@ class TextStage:
         return emb
 
 
-def load_text_encoder(path: Path, device, dtype, layout) -> TextStage:
+def load_text_encoder(path: Path, device, dtype, layout) -> TextStage | None:
+    """Only the replica leader holds T5 (11B parameters); it broadcasts embeddings to its replica."""
+    if not layout.is_replica_leader:
+        return None
+    import transformers
+
     from cosmos_dist.text import T5TextEncoder
 
+    transformers.utils.logging.disable_progress_bar()  # our own bars only; one line per run
     return TextStage(T5TextEncoder.from_dir(path, device=device, dtype=dtype))
 
 
@@ -108,9 +114,12 @@ def mask_tokens(net, shape, device, dtype, condition_mask=None) -> torch.Tensor:
     return full[..., c * net.config.patch_volume :]
 
 
-def sample_latent(pipe, sample_id: str, seed: int, cond, uncond) -> torch.Tensor:
+def sample_latent(pipe, sample_id: str, seed: int, cond, uncond, condition=None) -> torch.Tensor:
     """Run the sampler on this rank's token shard; returns the full latent (1, 16, T, H, W) float32
-    on the replica leader (None elsewhere)."""
+    on the replica leader (None elsewhere).
+
+    `condition` (Video2World, None for Text2World): an object with `mask`, the condition-mask channel
+    (1, 1, T, H, W), and `step_hooks(net, token_range)`, the sampler's StepHooks on this rank's shard."""
     from cosmos_dist.pipeline.denoiser import GuidedDenoiser
     from cosmos_dist.sampling import initial_noise
 
@@ -122,15 +131,19 @@ def sample_latent(pipe, sample_id: str, seed: int, cond, uncond) -> torch.Tensor
     token_range = layout.token_range(noise_tokens.shape[1])
     if token_range is not None:
         noise_tokens = noise_tokens[:, token_range[0] : token_range[1]]
-    extra = mask_tokens(net, shape, pipe.device, net.dtype)
+    extra = mask_tokens(net, shape, pipe.device, net.dtype, None if condition is None else condition.mask)
     if token_range is not None:
         extra = extra[:, token_range[0] : token_range[1]]
     denoiser = GuidedDenoiser(
         net=net, grid=grid, fps=cfg.fps, cond_emb=cond, uncond_emb=uncond, guidance=cfg.guidance,
-        extra_tokens=extra, token_range=token_range, **layout.denoiser_options(cfg.parallel),
+        extra_tokens=extra, token_range=token_range,
+        **layout.denoiser_options(cfg.parallel, grid, net.config.num_heads),
     )
     bar = progress_bar(settings.num_network_evaluations, "steps", cfg.progress and layout.is_global_leader, leave=False)
-    out = settings.sample(denoiser, noise_tokens.to(pipe.device), dtype=net.dtype, progress=lambda i, n: bar.update(1))
+    hooks = None if condition is None else condition.step_hooks(net, token_range)
+    out = settings.sample(
+        denoiser, noise_tokens.to(pipe.device), dtype=net.dtype, hooks=hooks, progress=lambda i, n: bar.update(1)
+    )
     bar.close()
     full = layout.gather_tokens(out)
     if full is None:

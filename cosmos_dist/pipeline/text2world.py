@@ -55,7 +55,7 @@ class Text2WorldPipeline:
         work = collect_work(self.cfg)
         if self.layout.is_replica_leader:
             check_output_dir(self.output_dir)
-        assets = resolve_assets(self.cfg)
+        assets = resolve_assets(self.cfg, announce=self.layout.is_global_leader)
         return work, assets
 
     def load_models(self, assets) -> None:
@@ -118,14 +118,15 @@ class Text2WorldPipeline:
         cfg, timings = self.cfg, {}
         t_start = time.perf_counter()
         t0 = t_start
-        prompt, notes = self.text.check_prompt(item.prompt, allow_long=cfg.allow_long_prompts)
         negative = item.negative_prompt if item.negative_prompt is not None else cfg.negative_prompt
+        prompt, notes = self.layout.on_leader(lambda: self.text.check_prompt(item.prompt, allow_long=cfg.allow_long_prompts))
         cond, uncond = self.encode(prompt, negative)
         timings["text_encode_s"] = time.perf_counter() - t0
 
         seed = item.seed if item.seed is not None else cfg.seed
+        condition = self.sampling_condition(item, seed, timings, notes)
         t0 = time.perf_counter()
-        latent = stages.sample_latent(self, item.sample_id, seed, cond, uncond)
+        latent = stages.sample_latent(self, item.sample_id, seed, cond, uncond, condition)
         timings["sampling_s"] = time.perf_counter() - t0
 
         if not self.layout.is_replica_leader:
@@ -139,9 +140,18 @@ class Text2WorldPipeline:
             prompt=prompt, negative=negative, seed=seed, notes=notes, manifest=manifest,
         )
 
+    def sampling_condition(self, item, seed: int, timings: dict, notes: list):
+        """What conditions the sampler besides the text (see stages.sample_latent's `condition`); may add
+        to `timings` and the sidecar `notes`. Text2World has none; Video2World returns its encoded input."""
+        return None
+
     def encode(self, prompt: str, negative: str):
         """(cond, uncond) embeddings (1, 512, C) in the DiT dtype. An empty negative prompt means
         a zeroed text embedding for the unconditional branch, as the reference's Text2World."""
-        cond = self.text.encode_one(prompt)
-        uncond = self.text.encode_one(negative) if negative else torch.zeros_like(cond)
-        return cond.to(self.device, self.dit_dtype), uncond.to(self.device, self.dit_dtype)
+        both = None
+        if self.layout.is_replica_leader:
+            cond = self.text.encode_one(prompt)
+            uncond = self.text.encode_one(negative) if negative else torch.zeros_like(cond)
+            both = torch.cat([cond, uncond]).to(self.device, self.dit_dtype)
+        both = self.layout.share_tensor(both)  # the replica's other ranks receive them
+        return both[:1], both[1:]

@@ -1,0 +1,134 @@
+"""The pipeline's view of a multi-process job (same methods as pipeline.runtime.SingleProcess).
+
+World = dp x cfg x cp (see layout.py). What each rank does:
+- replicas (dp) take every dp-th pending sample, so each sample is made exactly once and its
+  result does not depend on dp (noise comes from (seed, sample id) only);
+- inside a replica, the replica leader runs the text encoder and broadcasts the embeddings (and
+  any prompt error, so every rank of the replica skips the same sample); it alone decodes, writes
+  files and appends to the manifest;
+- the cp ranks each hold one contiguous token shard of the latent for the whole sampling loop; it
+  is gathered once, for decoding;
+- with cfg_parallel the two halves of a cfg pair run the conditional and unconditional passes and
+  exchange outputs once per step.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+import torch
+
+from cosmos_dist.errors import CosmosDistError, InputError
+from cosmos_dist.parallel.cfg_parallel import broadcast_object, broadcast_tensor, exchange_branch_outputs
+from cosmos_dist.parallel.layout import ParallelConfig, destroy_layout, init_layout
+from cosmos_dist.parallel.sharding import gather_tokens, token_ranges
+
+log = logging.getLogger("cosmos_dist")
+
+
+class DistributedRuntime:
+    def __init__(self, layout):
+        self.layout = layout
+        self._attention: dict[tuple, tuple] = {}
+
+    @classmethod
+    def create(cls, parallel_cfg) -> "DistributedRuntime":
+        pcfg = ParallelConfig(
+            cp_size=int(parallel_cfg.cp_size),
+            cp_impl=str(parallel_cfg.cp_impl),
+            cfg_parallel=bool(parallel_cfg.cfg_parallel),
+            timeout_s=float(parallel_cfg.timeout_s),
+        )
+        return cls(init_layout(pcfg))
+
+    # ---- roles ---------------------------------------------------------------------------------
+    @property
+    def is_global_leader(self) -> bool:
+        return self.layout.rank == 0
+
+    @property
+    def is_replica_leader(self) -> bool:
+        return self.layout.is_replica_leader
+
+    @property
+    def local_device_index(self) -> int:
+        d = self.layout.device
+        return d.index if d.type == "cuda" and d.index is not None else 0
+
+    def my_items(self, items):
+        return list(items)[self.layout.dp_rank :: self.layout.dp_size]
+
+    # ---- leader work, shared with the replica ----------------------------------------------------
+    def on_leader(self, fn: Callable[[], Any]) -> Any:
+        """Run fn on the replica leader and hand its result to every rank of the replica. A user
+        error there (a prompt too long, ...) is raised on every rank, so all skip the sample."""
+        lay = self.layout
+        if lay.is_replica_leader:
+            try:
+                box = ("ok", fn())
+            except CosmosDistError as exc:
+                box = ("error", str(exc))
+        else:
+            box = None
+        box = broadcast_object(box, src=lay.replica_leader, group=lay.replica_group)
+        if box[0] == "error":
+            raise InputError(box[1])
+        return box[1]
+
+    def share_tensor(self, t: torch.Tensor | None) -> torch.Tensor:
+        lay = self.layout
+        return broadcast_tensor(t, src=lay.replica_leader, group=lay.replica_group, device=lay.device)
+
+    # ---- sharded sampling ------------------------------------------------------------------------
+    def _ranges(self, num_tokens: int):
+        return token_ranges(num_tokens, self.layout.cp_size)
+
+    def token_range(self, num_tokens: int):
+        if self.layout.cp_size == 1:
+            return None
+        return self._ranges(num_tokens)[self.layout.cp_rank]
+
+    def denoiser_options(self, parallel_cfg, grid=None, num_heads=None) -> dict:
+        from cosmos_dist.attention.context_parallel import self_attention_for_layout
+
+        key = (tuple(grid), num_heads)
+        if key not in self._attention:
+            self._attention[key] = self_attention_for_layout(self.layout, grid, num_heads)
+        attn, _, impl = self._attention[key]
+        self.cp_impl = impl
+        if self.layout.cfg_size == 2:
+            return {
+                "self_attention": attn,
+                "mode": "cfg_parallel",
+                "cfg_branch": self.layout.cfg_rank,
+                "exchange": lambda f: exchange_branch_outputs(f, self.layout),
+            }
+        return {"self_attention": attn, "mode": "batch" if parallel_cfg.batch_cfg else "sequential"}
+
+    def gather_tokens(self, tokens: torch.Tensor):
+        """The full token sequence on the replica leader (None on the other ranks)."""
+        lay = self.layout
+        full = tokens if lay.cp_size == 1 else gather_tokens(tokens, lay.cp_group, self._ranges(self._num_tokens(tokens)))
+        return full if lay.is_replica_leader else None
+
+    def _num_tokens(self, tokens: torch.Tensor) -> int:
+        # Every cp rank holds its own range; the full length is the sum over the group.
+        n = torch.tensor([tokens.shape[1]], device=tokens.device)
+        torch.distributed.all_reduce(n, group=self.layout.cp_group)
+        return int(n.item())
+
+    # ---- failures and teardown -------------------------------------------------------------------
+    def after_failure(self, exc: BaseException) -> None:
+        """A user error is raised alike on every rank of the replica (see on_leader), so the
+        replica moves on together. Anything else may have hit one rank only: its peers would wait
+        in a collective, so end the job (run_guarded reports the rank and the cause)."""
+        if not isinstance(exc, CosmosDistError):
+            raise exc
+
+    def describe(self) -> dict:
+        d = self.layout.as_dict()
+        d["cp_impl"] = getattr(self, "cp_impl", d.get("cp_impl"))
+        return d
+
+    def close(self) -> None:
+        destroy_layout(self.layout)
