@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# One node, all its GPUs, one torchrun (rendezvous on localhost). Extra arguments are Hydra overrides.
+#
+#   launch/single_node.sh model=7b_text2world prompts_file=prompts.jsonl parallel.cp_size=4 parallel.cfg_parallel=true
+#
+# NPROC defaults to the number of visible GPUs (1 on a machine without any).
+set -euo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+if [ -z "${NPROC:-}" ]; then
+  NPROC=$(python -c "import torch; print(max(torch.cuda.device_count(), 1))")
+fi
+# NVLink multicast (NVLS) stays off; a timed-out collective aborts instead of hanging.
+export NCCL_NVLS_ENABLE="${NCCL_NVLS_ENABLE:-0}"
+export TORCH_NCCL_ASYNC_ERROR_HANDLING="${TORCH_NCCL_ASYNC_ERROR_HANDLING:-1}"
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-4}"
+exec torchrun --standalone --nproc_per_node="$NPROC" "$here/generate.py" "$@"
