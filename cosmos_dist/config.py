@@ -93,6 +93,14 @@ class GenerateConfig:
     width: int = 1280
     allow_long_prompts: bool = False
 
+    # Video2World only: the conditioning image or video (a prompts-file line's `input_path` / `visual_input`
+    # and `num_input_frames` win over these), how many of its last frames condition the clip (1 or 9, as the
+    # reference), and how it is fitted to height x width: stretch (the reference: aspect ratio not kept) |
+    # crop (centre crop) | pad (mid-grey bars). See cosmos_dist/io/visual_input.py.
+    input_path: Optional[str] = None
+    num_input_frames: int = 1
+    resize_mode: str = "stretch"
+
     checkpoint_dir: str = "checkpoints"
     output_dir: str = "outputs"
     save_latents: bool = False
@@ -155,3 +163,15 @@ def validate_config(cfg: Any) -> None:
         bad("parallel.cp_impl", f"{cfg.parallel.cp_impl!r}; choose auto, ulysses, ring, usp or te")
     if cfg.name is not None and cfg.prompts_file:
         bad("name", "name= names the sample of a single prompt=; in a prompts file give each line an `id`")
+    video2world = str(cfg.model.preset).endswith("_video2world")
+    if video2world:
+        if not cfg.input_path and not cfg.prompts_file:
+            bad("input_path", "Video2World needs the conditioning image or video: input_path=photo.jpg (or clip.mp4)")
+        if cfg.num_input_frames not in (1, 9):
+            bad("num_input_frames", f"{cfg.num_input_frames}; choose 1 (an image or a video's last frame) or 9 (a video's last 9 frames)")
+        if cfg.num_frames <= cfg.num_input_frames:
+            bad("num_frames", f"{cfg.num_frames} leaves no frame to generate after num_input_frames={cfg.num_input_frames}; use 121")
+        if cfg.resize_mode not in ("stretch", "crop", "pad"):
+            bad("resize_mode", f"{cfg.resize_mode!r}; choose stretch (the reference), crop or pad")
+    elif cfg.input_path:
+        bad("input_path", f"model {cfg.model.preset} is Text2World and takes no input image or video; use a *_video2world model")
