@@ -46,11 +46,24 @@ def make_pipeline(cfg, runtime):
     return Text2WorldPipeline(cfg, runtime)
 
 
+def use_sweep_folder(cfg) -> None:
+    """Under --multirun each combination writes to its own sub-folder (conf/generate.yaml names it
+    after the swept values), so four combinations of one prompt never collide or skip each other."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import open_dict
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        with open_dict(cfg):
+            cfg.output_dir = HydraConfig.get().runtime.output_dir
+
+
 def run_cli(cfg) -> int:
     """Returns the process exit code: 0 all done/skipped, 1 some sample failed, 2 a usage error."""
     setup_logging(os.environ.get("RANK", "0") == "0")
     runtime = None
     try:
+        use_sweep_folder(cfg)
         validate_config(cfg)
         runtime = make_runtime(cfg)
         setup_logging(runtime.is_global_leader)

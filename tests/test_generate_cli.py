@@ -258,12 +258,6 @@ def test_latent_does_not_depend_on_position_in_file(tmp_path, ckpt):
 
 
 # ---- sweeps ----------------------------------------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: --multirun writes every combination to output_dir itself (Hydra's per-job sweep sub-folder is "
-    "created but unused: run_cli never redirects cfg.output_dir to it), so combinations 2-4 see the first "
-    "one's sidecar (same sample id) and are 'skipped': one video instead of four. Fix in "
-    "cosmos_dist/generate.py:run_cli, see the report."
-))
 def test_multirun_sweep_writes_each_combination(tmp_path, ckpt):
     argv = [sys.executable, str(GENERATE), "--multirun", *FAST, f"checkpoint_dir={ckpt}", "prompt=a red ball",
             "guidance=5,7", "seed=1,2", "output_dir=sweep"]
@@ -296,12 +290,6 @@ def test_missing_checkpoint_names_path_and_download(tmp_path):
 
 @pytest.mark.parametrize("case", ["parent-is-a-file", pytest.param("read-only-parent", marks=pytest.mark.skipif(
     hasattr(os, "geteuid") and os.geteuid() == 0, reason="root can write into a read-only directory"))])
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: conf/generate.yaml sets hydra.run.dir=${output_dir}, so Hydra's run_job mkdirs output_dir before "
-    "generate.run_cli runs: an unwritable output_dir ends in Hydra's NotADirectoryError/PermissionError "
-    "traceback (exit 1) instead of check_output_dir's message naming output_dir (exit 2). Fix: "
-    "hydra.run.dir: '.' in conf/generate.yaml, see the report."
-))
 def test_unwritable_output_dir_is_refused_before_load(tmp_path, ckpt, case):
     if case == "parent-is-a-file":
         (tmp_path / "a-file").write_text("not a folder")

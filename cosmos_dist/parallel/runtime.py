@@ -131,4 +131,9 @@ class DistributedRuntime:
         return d
 
     def close(self) -> None:
-        destroy_layout(self.layout)
+        # Wait for the whole job before leaving: a rank that exits first with "some sample failed"
+        # (code 1) would make torchrun stop the others, perhaps while the leader writes a file.
+        try:
+            torch.distributed.barrier()
+        finally:
+            destroy_layout(self.layout)
