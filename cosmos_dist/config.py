@@ -49,6 +49,9 @@ class PrecisionConfig:
     dit_dtype: str = "auto"  # auto = bfloat16 on CUDA, float32 on the CPU | bfloat16 | float32
     text_encoder_dtype: str = "float32"  # the reference runs T5 in float32
     tokenizer_dtype: str = "auto"
+    # torch.compile each transformer block (fuses norms, modulation, RoPE and gating: 8.5 -> 7.1 s
+    # per guided 7B step on an H100). auto = on for CUDA, off on the CPU (compiling costs ~1 min).
+    compile: str = "auto"
 
 
 @dataclass
@@ -151,6 +154,8 @@ def validate_config(cfg: Any) -> None:
         v = getattr(cfg.precision, key)
         if v not in ("auto", "float32", "bfloat16", "float16"):
             bad(f"precision.{key}", f"{v!r}; choose auto, float32 or bfloat16")
+    if str(cfg.precision.compile).lower() not in ("auto", "true", "false"):
+        bad("precision.compile", f"{cfg.precision.compile!r}; choose auto, true or false")
     if cfg.device not in ("auto", "cpu", "cuda"):
         bad("device", f"{cfg.device!r}; choose auto, cpu or cuda")
     if not 0 <= cfg.video.crf <= 51:

@@ -293,8 +293,8 @@ def main(argv=None) -> int:
             result["ours"]["check"] = reference_check(net, cfg, device, dtype)
             print("bf16 vs fp32 eager:", result["ours"]["check"], flush=True)
         if args.compile:
-            for name, block in net.blocks.items():
-                net.blocks[name] = torch.compile(block, dynamic=False)
+            for block in net.blocks.values():
+                block.compile(dynamic=False)  # as the pipeline does (precision.compile)
         from cosmos_dist.attention import get_local_attention
 
         for backend in args.attention.split(","):

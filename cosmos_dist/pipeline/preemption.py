@@ -1,29 +1,297 @@
-"""Stop requests: a signal (Slurm's warning before the time limit, SIGTERM on preemption) asks the
-run to stop between samples; the sample in progress is finished or abandoned cleanly."""
+"""Stop requests and per-shard progress markers.
+
+Stop requests: a signal (Slurm's warning before the time limit, SIGTERM on preemption) or a stop
+file asks the run to stop between samples; the sample in progress is finished (or, if the job is
+killed first, abandoned: every output is written under a temporary name and renamed, so nothing
+partial ever carries a final name). The stop file (`COSMOS_STOP_FILE`, set by the sbatch scripts)
+reaches every rank on every node through the shared output folder, without signalling processes
+that have no handler yet (a model still loading) or helper processes (ffmpeg).
+
+Markers: `{output_dir}/.shards/shard-XXXX-of-YYYY.done.json` when no sample of the shard is left
+to try, `...stopped.json` when some are (with the next sample to generate and why the run ended).
+They are summaries for people and for `tools/shard_status.py`; the truth stays the sidecars.
+
+    python -m cosmos_dist.pipeline.preemption mark --prompts-file p.jsonl --output-dir out \
+        --num-shards 1000 --shard-index 17 [--reason USR1] [-- hydra overrides...]
+
+exits 0 when the shard is finished and 3 when samples are pending.
+"""
 from __future__ import annotations
 
+import argparse
 import logging
+import os
 import signal
+import socket
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping
 
 log = logging.getLogger("cosmos_dist")
 
+MARKER_DIR = ".shards"
+MARKER_SCHEMA = "cosmos-dist/shard/v1"
+STOP_FILE_ENV = "COSMOS_STOP_FILE"
+EXIT_PENDING = 3
 
+
+# ---- stop requests -------------------------------------------------------------------------------
 class StopFlag:
-    def __init__(self):
-        self.requested = False
+    """`requested` turns true on one of `signals`, or once `stop_file` exists (checked on each read)."""
+
+    def __init__(self, stop_file: str | os.PathLike | None = None):
+        self._requested = False
         self.signal_name: str | None = None
+        if stop_file is None:
+            stop_file = os.environ.get(STOP_FILE_ENV) or None
+        self.stop_file = Path(stop_file) if stop_file else None
+
+    @property
+    def requested(self) -> bool:
+        if not self._requested and self.stop_file is not None and self.stop_file.exists():
+            self._requested = True
+            self.signal_name = "stop-file"
+            log.warning("stop file %s exists: stopping before the next sample", self.stop_file)
+        return self._requested
+
+    @requested.setter
+    def requested(self, value: bool) -> None:
+        self._requested = bool(value)
 
     def _handler(self, signum, frame):
-        self.requested = True
+        self._requested = True
         self.signal_name = signal.Signals(signum).name
         log.warning("received %s: stopping after the current sample", self.signal_name)
 
     @classmethod
-    def install(cls, signals=(signal.SIGUSR1, signal.SIGTERM)) -> "StopFlag":
-        flag = cls()
+    def install(cls, signals=(signal.SIGUSR1, signal.SIGTERM), stop_file=None) -> "StopFlag":
+        flag = cls(stop_file)
         for sig in signals:
             try:
                 signal.signal(sig, flag._handler)
             except ValueError:  # not the main thread (e.g. inside a test runner thread)
                 pass
         return flag
+
+
+# ---- where things are ----------------------------------------------------------------------------
+def shard_tag(shard_index: int, num_shards: int) -> str:
+    width = max(4, len(str(num_shards - 1)))
+    return f"shard-{shard_index:0{width}d}-of-{num_shards:0{width}d}"
+
+
+def marker_dir(output_dir: str | os.PathLike) -> Path:
+    return Path(output_dir) / MARKER_DIR
+
+
+def marker_path(output_dir, shard_index: int, num_shards: int, kind: str) -> Path:
+    if kind not in ("done", "stopped"):
+        raise ValueError(f"marker kind must be done or stopped, not {kind!r}")
+    return marker_dir(output_dir) / f"{shard_tag(shard_index, num_shards)}.{kind}.json"
+
+
+def stop_file_path(output_dir, shard_index: int, num_shards: int) -> Path:
+    return marker_dir(output_dir) / f"{shard_tag(shard_index, num_shards)}.stop"
+
+
+# ---- progress ------------------------------------------------------------------------------------
+@dataclass
+class ShardProgress:
+    shard_index: int
+    num_shards: int
+    total: int = 0  # valid prompt items in the shard
+    done: list[str] = field(default_factory=list)  # sidecar exists
+    failed: list[str] = field(default_factory=list)  # no sidecar, last manifest event `failed`
+    blocked: list[str] = field(default_factory=list)  # no sidecar, last manifest event `blocked` (guardrail)
+    pending: list[str] = field(default_factory=list)  # never tried, or interrupted; file order
+    bad_lines: list[int] = field(default_factory=list)  # unreadable lines of this shard
+
+    @property
+    def finished(self) -> bool:
+        """Nothing left that a rerun would try for the first time."""
+        return not self.pending
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "total": self.total, "done": len(self.done), "failed": len(self.failed),
+            "blocked": len(self.blocked), "pending": len(self.pending), "bad_lines": len(self.bad_lines),
+        }
+
+
+def last_events(manifest_path: str | os.PathLike) -> dict[str, str]:
+    """sample id -> status of its latest done / failed / blocked event in the manifest."""
+    from cosmos_dist.io.records import read_manifest
+
+    last: dict[str, str] = {}
+    for entry in read_manifest(manifest_path):
+        sid, status = entry.get("sample_id"), entry.get("status")
+        if sid is not None and status in ("done", "failed", "blocked"):
+            last[sid] = status
+    return last
+
+
+def sidecar_ids(output_dir: str | os.PathLike) -> set[str]:
+    """Ids of every sample with a sidecar, from one directory listing (cheap for a million files)."""
+    ids: set[str] = set()
+    try:
+        with os.scandir(output_dir) as it:
+            for entry in it:
+                name = entry.name
+                if name.endswith(".json") and not name.startswith(".") and ".tmp-" not in name:
+                    ids.add(name[: -len(".json")])
+    except FileNotFoundError:
+        pass
+    return ids
+
+
+def classify(progress: ShardProgress, items: Iterable, done_ids, events: Mapping[str, str]) -> ShardProgress:
+    """Sort `items` (PromptItems of one shard) into done / failed / blocked / pending."""
+    for item in items:
+        sid = item.sample_id
+        progress.total += 1
+        if sid in done_ids:
+            progress.done.append(sid)
+        elif events.get(sid) == "failed":
+            progress.failed.append(sid)
+        elif events.get(sid) == "blocked":
+            progress.blocked.append(sid)
+        else:
+            progress.pending.append(sid)
+    return progress
+
+
+def shard_progress(prompts_file, output_dir, num_shards: int, shard_index: int) -> ShardProgress:
+    """Progress of one shard, read from the prompts file, the sidecars and the manifest."""
+    from types import SimpleNamespace
+
+    from cosmos_dist.pipeline.work import collect_work
+
+    cfg = SimpleNamespace(prompt=None, prompts_file=str(prompts_file), num_shards=num_shards, shard_index=shard_index)
+    work = collect_work(cfg)
+    return progress_of_work(work, output_dir, num_shards, shard_index)
+
+
+def progress_of_work(work, output_dir, num_shards: int, shard_index: int) -> ShardProgress:
+    out = Path(output_dir)
+    done_ids = {it.sample_id for it in work.items if (out / f"{it.sample_id}.json").is_file()}
+    progress = ShardProgress(shard_index, num_shards, bad_lines=[b.line_number for b in work.bad_lines])
+    return classify(progress, work.items, done_ids, last_events(out / "manifest.jsonl"))
+
+
+# ---- markers -------------------------------------------------------------------------------------
+def slurm_job_info() -> dict[str, str]:
+    keys = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT", "SLURM_JOB_NODELIST")
+    return {k[len("SLURM_"):].lower(): os.environ[k] for k in keys if k in os.environ}
+
+
+def write_shard_marker(
+    output_dir,
+    progress: ShardProgress,
+    *,
+    reason: str | None = None,
+    prompts_file: str | os.PathLike | None = None,
+    overrides: list[str] | None = None,
+    exit_code: int | None = None,
+) -> Path:
+    """Write `.done.json` (nothing pending) or `.stopped.json` (with the next sample), removing the other."""
+    from cosmos_dist.io.records import utc_now, write_json_atomic
+
+    kind = "done" if progress.finished else "stopped"
+    record: dict = {
+        "schema": MARKER_SCHEMA,
+        "kind": kind,
+        "shard_index": progress.shard_index,
+        "num_shards": progress.num_shards,
+        "counts": progress.counts(),
+        "next_sample": progress.pending[0] if progress.pending else None,
+        "pending_sample_ids": progress.pending[:50],
+        "failed_sample_ids": progress.failed[:50],
+        "reason": reason,
+        "exit_code": exit_code,
+        "time": utc_now(),
+        "host": socket.gethostname(),
+        "slurm": slurm_job_info(),
+    }
+    if prompts_file is not None:
+        p = Path(prompts_file)
+        try:
+            st = p.stat()
+            record["prompts_file"] = {"path": str(p.resolve()), "size": st.st_size, "mtime": st.st_mtime}
+        except OSError:
+            record["prompts_file"] = {"path": str(p)}
+    if overrides is not None:
+        record["overrides"] = list(overrides)
+    path = marker_path(output_dir, progress.shard_index, progress.num_shards, kind)
+    write_json_atomic(path, record)
+    other = marker_path(output_dir, progress.shard_index, progress.num_shards, "stopped" if kind == "done" else "done")
+    try:
+        other.unlink()
+    except FileNotFoundError:
+        pass
+    return path
+
+
+def read_shard_markers(output_dir, num_shards: int) -> dict[int, dict]:
+    """shard index -> its marker (done or stopped) for markers of this `num_shards`."""
+    import json
+
+    found: dict[int, dict] = {}
+    d = marker_dir(output_dir)
+    if not d.is_dir():
+        return found
+    for path in d.glob("shard-*-of-*.json"):
+        try:
+            rec = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if rec.get("num_shards") == num_shards and isinstance(rec.get("shard_index"), int):
+            prev = found.get(rec["shard_index"])
+            if prev is None or str(rec.get("time", "")) > str(prev.get("time", "")):
+                found[rec["shard_index"]] = rec
+    return found
+
+
+def finish_shard(cfg, work, stopped_by: str | None = None) -> Path | None:
+    """For the run loop, on the global leader after the last sample: write this shard's marker.
+    Only for prompts-file runs. Never raises (a marker is a convenience, not a result)."""
+    if not getattr(cfg, "prompts_file", None):
+        return None
+    try:
+        progress = progress_of_work(work, cfg.output_dir, cfg.num_shards, cfg.shard_index)
+        return write_shard_marker(cfg.output_dir, progress, reason=stopped_by, prompts_file=cfg.prompts_file)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("could not write the shard marker: %s", exc)
+        return None
+
+
+# ---- command line (used by slurm/*.sbatch after the launcher exits) -----------------------------
+def _main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cosmos_dist.pipeline.preemption", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    mark = sub.add_parser("mark", help="write the shard's done / stopped marker; exit 0 finished, 3 pending")
+    mark.add_argument("--prompts-file", required=True)
+    mark.add_argument("--output-dir", required=True)
+    mark.add_argument("--num-shards", type=int, required=True)
+    mark.add_argument("--shard-index", type=int, required=True)
+    mark.add_argument("--reason", default=None, help="why the run ended early (USR1, TERM, exit code ...)")
+    mark.add_argument("--exit-code", type=int, default=None, help="the launcher's exit status")
+    mark.add_argument("overrides", nargs="*", help="the Hydra overrides of the run (recorded for resubmission)")
+    args = parser.parse_args(argv)
+
+    progress = shard_progress(args.prompts_file, args.output_dir, args.num_shards, args.shard_index)
+    path = write_shard_marker(
+        args.output_dir, progress, reason=args.reason or None, prompts_file=args.prompts_file,
+        overrides=args.overrides, exit_code=args.exit_code,
+    )
+    c = progress.counts()
+    nxt = f", next {progress.pending[0]}" if progress.pending else ""
+    print(
+        f"{shard_tag(args.shard_index, args.num_shards)}: {c['done']}/{c['total']} done, {c['failed']} failed, "
+        f"{c['blocked']} blocked, {c['pending']} pending{nxt} -> {path}"
+    )
+    return 0 if progress.finished else EXIT_PENDING
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

@@ -73,7 +73,15 @@ def load_dit(path: Path, cfg, device, dtype):
     if cfg.model.rope_extrapolation is not None:
         preset = preset.replace(rope_extrapolation=tuple(float(v) for v in cfg.model.rope_extrapolation))
     net = load(path, cfg=preset, device=device, dtype=dtype)
+    if should_compile(cfg.precision.compile, device):
+        for block in net.blocks.values():
+            block.compile(dynamic=False)  # in place: parameter names stay the checkpoint's
     return net, checkpoint_identity(path).to_dict()
+
+
+def should_compile(setting, device: torch.device) -> bool:
+    setting = str(setting).lower()
+    return device.type == "cuda" if setting == "auto" else setting == "true"
 
 
 class TokenizerStage:
