@@ -79,6 +79,12 @@ class DistributedRuntime:
         lay = self.layout
         return broadcast_tensor(t, src=lay.replica_leader, group=lay.replica_group, device=lay.device)
 
+    def agree_stop(self, requested: bool) -> bool:
+        """True on every rank when any rank was asked to stop (one all-reduce per sample)."""
+        flag = torch.tensor([1 if requested else 0], device=self.layout.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
     # ---- sharded sampling ------------------------------------------------------------------------
     def _ranges(self, num_tokens: int):
         return token_ranges(num_tokens, self.layout.cp_size)

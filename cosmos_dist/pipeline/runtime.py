@@ -20,6 +20,9 @@ class SingleProcess:
     def token_range(self, num_tokens: int):
         return None
 
+    def agree_stop(self, requested: bool) -> bool:
+        return requested
+
     def on_leader(self, fn):
         return fn()
 

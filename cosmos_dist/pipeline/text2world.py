@@ -19,7 +19,7 @@ from cosmos_dist.errors import CosmosDistError
 from cosmos_dist.io.records import Manifest
 from cosmos_dist.pipeline import stages
 from cosmos_dist.pipeline.assets import resolve_assets
-from cosmos_dist.pipeline.preemption import StopFlag
+from cosmos_dist.pipeline.preemption import StopFlag, finish_shard
 from cosmos_dist.pipeline.work import check_output_dir, collect_work, is_done
 
 log = logging.getLogger("cosmos_dist")
@@ -88,14 +88,17 @@ class Text2WorldPipeline:
                 pending.append(item)
         if not pending:
             log.info("nothing to do: %d done already, %d failed lines", len(summary.skipped), len(work.bad_lines))
+            if self.layout.is_global_leader:
+                finish_shard(self.cfg, work)
             return summary
 
+        stop = StopFlag.install()  # before loading: a warning signal then still stops cleanly
         self.load_models(assets)
         bar = stages.progress_bar(len(pending), "samples", self.cfg.progress and self.layout.is_global_leader)
-        stop = StopFlag.install()
         for item in pending:
-            if stop.requested:
-                summary.stopped_by = stop.signal_name
+            # Every rank must agree, or one would leave while its peers wait in a collective.
+            if self.layout.agree_stop(stop.requested):
+                summary.stopped_by = stop.signal_name or "stop requested on another rank"
                 break
             try:
                 self.generate_one(item, manifest)
@@ -112,6 +115,8 @@ class Text2WorldPipeline:
                 self.layout.after_failure(exc)
             bar.update(1)
         bar.close()
+        if self.layout.is_global_leader:
+            finish_shard(self.cfg, work, summary.stopped_by)
         return summary
 
     def generate_one(self, item, manifest) -> None:
