@@ -63,6 +63,8 @@ class DistributedRuntime:
         """Run fn on the replica leader and hand its result to every rank of the replica. A user
         error there (a prompt too long, ...) is raised on every rank, so all skip the sample."""
         lay = self.layout
+        if len(lay.replica_ranks) == 1:  # a replica of one rank (pure data parallel)
+            return fn()
         if lay.is_replica_leader:
             try:
                 box = ("ok", fn())
@@ -77,12 +79,17 @@ class DistributedRuntime:
 
     def share_tensor(self, t: torch.Tensor | None) -> torch.Tensor:
         lay = self.layout
+        if len(lay.replica_ranks) == 1:
+            return t
         return broadcast_tensor(t, src=lay.replica_leader, group=lay.replica_group, device=lay.device)
 
     def agree_stop(self, requested: bool) -> bool:
-        """True on every rank when any rank was asked to stop (one all-reduce per sample)."""
+        """True on every rank of the replica when any of them was asked to stop (one all-reduce
+        per sample; replicas run different numbers of samples, so only inside the replica)."""
+        if len(self.layout.replica_ranks) == 1:
+            return requested
         flag = torch.tensor([1 if requested else 0], device=self.layout.device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX, group=self.layout.replica_group)
         return bool(flag.item())
 
     # ---- sharded sampling ------------------------------------------------------------------------
