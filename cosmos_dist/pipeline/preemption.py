@@ -61,7 +61,8 @@ class StopFlag:
 
     def _handler(self, signum, frame):
         self._requested = True
-        self.signal_name = signal.Signals(signum).name
+        # "USR1", "TERM": the names Slurm's --signal and the sbatch scripts' markers use.
+        self.signal_name = signal.Signals(signum).name.removeprefix("SIG")
         log.warning("received %s: stopping after the current sample", self.signal_name)
 
     @classmethod
