@@ -172,7 +172,7 @@ def test_stop_flag_signal_and_stop_file(tmp_path, monkeypatch):
         flag = StopFlag.install()
         assert not flag.requested
         os.kill(os.getpid(), signal.SIGUSR1)
-        assert flag.requested and flag.signal_name == "SIGUSR1"
+        assert flag.requested and flag.signal_name == "USR1"
     finally:
         signal.signal(signal.SIGUSR1, old[0])
         signal.signal(signal.SIGTERM, old[1])
