@@ -9,6 +9,7 @@ Random checkpoints in the real format (for tests and benchmarks) come from `writ
 """
 from cosmos_dist.checkpoint.loading import (
     CheckpointIdentity,
+    check_checkpoint,
     checkpoint_identity,
     convert_checkpoint,
     detect_checkpoint,
@@ -43,6 +44,7 @@ __all__ = [
     "EXTRA_STATE_FORMS",
     "CheckpointIdentity",
     "CheckpointReader",
+    "check_checkpoint",
     "EntryInfo",
     "PlannedEntry",
     "ValidationReport",

@@ -89,6 +89,17 @@ def _validate(reader: CheckpointReader, cfg: DiTConfig, net: CosmosDiT | None = 
     )
 
 
+def check_checkpoint(path: str | os.PathLike, cfg: DiTConfig, allow_unsafe_pickle: bool = False) -> None:
+    """Validate `path` against `cfg` from the file's index alone (no tensor data is read), so a
+    pipeline can refuse a wrong checkpoint before it loads anything large. Raises CheckpointError
+    with the same message as `load_dit`."""
+    with open_checkpoint(path, allow_unsafe_pickle) as reader:
+        detected, detect_error = _detect(reader)
+        report = _validate(reader, cfg)
+    if not report.ok:
+        raise CheckpointError(mismatch_message(path, report, detected, detect_error))
+
+
 def detect_checkpoint(path: str | os.PathLike, allow_unsafe_pickle: bool = False) -> DiTConfig:
     """The configuration of the network stored in `path`, from its shapes alone."""
     with open_checkpoint(path, allow_unsafe_pickle) as reader:
