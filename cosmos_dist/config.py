@@ -63,9 +63,51 @@ class ParallelConfig:
     batch_cfg: bool = True  # single rank: run cond + uncond as one batch of 2
 
 
+#: Residency levels, cumulative: each offloads its own component and those of the levels before it
+#: (the model card's five strategies, plus none). See cosmos_dist/pipeline/residency.py.
+OFFLOAD_LEVELS = ("none", "upsampler", "guardrails", "text_encoder", "tokenizer", "dit")
+
+
 @dataclass
 class OffloadConfig:
+    # none | upsampler | guardrails | text_encoder | tokenizer | dit: an offloaded model waits in pinned
+    # CPU memory and is moved to the GPU only for its stage.
     level: str = "none"
+    # When something is offloaded, pending samples are processed in chunks of this many: text stage
+    # for the whole chunk, then the DiT for the chunk, then decode/check/write, so each offloaded
+    # model moves once per chunk. 1 = strictly one sample after the other.
+    chunk: int = 16
+    pin_memory: str = "auto"  # auto (pin when the run device is CUDA) | true | false
+    # Level dit: stream the DiT's transformer blocks to the GPU one at a time (the next one copied
+    # while the current one computes) instead of moving the whole network in for sampling.
+    dit_stream: bool = True
+
+
+@dataclass
+class GuardrailConfig:
+    """Text check before anything else, video check + face blur after decoding (replica leader only)."""
+
+    enabled: bool = True
+    # cosmos: NVIDIA's cosmos-guardrail package (pip install 'cosmos-dist[guardrail]').
+    # keyword: a small word-list provider (tests, tiny models); it is NOT a safety filter.
+    provider: str = "cosmos"
+    checkpoint_id: Optional[str] = None  # cosmos: guardrail checkpoint id for the package; None = its default
+    # keyword provider: words/phrases that block a prompt (case-insensitive, whole words)
+    blocklist: List[str] = field(default_factory=list)
+    # keyword provider: block a video whose mean pixel value (0..255) is outside [lo, hi]; None = never
+    video_mean_range: Optional[List[float]] = None
+
+
+@dataclass
+class UpsamplerConfig:
+    """Prompt upsampler: a local causal language model (transformers) rewrites short prompts."""
+
+    enabled: bool = False
+    model_dir: Optional[str] = None  # a Hugging Face-format model directory (absolute, or under checkpoint_dir)
+    max_new_tokens: int = 512  # the reference's max_gen_len
+    temperature: float = 0.0  # 0 = greedy decoding (the reference samples at 0.01)
+    word_limit: int = 250  # prompts with more words are left as they are (the reference's default)
+    dtype: str = "auto"  # auto = bfloat16 on CUDA, float32 on the CPU
 
 
 @dataclass
@@ -82,6 +124,8 @@ class GenerateConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     offload: OffloadConfig = field(default_factory=OffloadConfig)
     video: VideoConfig = field(default_factory=VideoConfig)
+    guardrail: GuardrailConfig = field(default_factory=GuardrailConfig)
+    upsampler: UpsamplerConfig = field(default_factory=UpsamplerConfig)
 
     prompt: Optional[str] = None
     prompts_file: Optional[str] = None
@@ -180,3 +224,35 @@ def validate_config(cfg: Any) -> None:
             bad("resize_mode", f"{cfg.resize_mode!r}; choose stretch (the reference), crop or pad")
     elif cfg.input_path:
         bad("input_path", f"model {cfg.model.preset} is Text2World and takes no input image or video; use a *_video2world model")
+    validate_memory_guardrail_upsampler(cfg, bad)
+
+
+def validate_memory_guardrail_upsampler(cfg: Any, bad) -> None:
+    """offload / guardrail / upsampler checks (configs composed without these groups are accepted)."""
+    off = cfg.get("offload") if hasattr(cfg, "get") else getattr(cfg, "offload", None)
+    if off is not None:
+        if off.level not in OFFLOAD_LEVELS:
+            bad("offload", f"{off.level!r} is not a residency level; choose one of {', '.join(OFFLOAD_LEVELS)} "
+                "(each offloads the models of the levels before it too), e.g. offload=dit")
+        if int(off.get("chunk", 1)) < 1:
+            bad("offload.chunk", f"{off.chunk} must be >= 1 (samples whose text is encoded before the DiT comes in)")
+        if str(off.get("pin_memory", "auto")).lower() not in ("auto", "true", "false"):
+            bad("offload.pin_memory", f"{off.pin_memory!r}; choose auto, true or false")
+    gr = cfg.get("guardrail") if hasattr(cfg, "get") else getattr(cfg, "guardrail", None)
+    if gr is not None and gr.enabled:
+        if gr.provider not in ("cosmos", "keyword"):
+            bad("guardrail.provider", f"{gr.provider!r}; choose cosmos (NVIDIA's cosmos-guardrail) or keyword, or guardrail=off")
+        rng = gr.get("video_mean_range")
+        if rng is not None and (len(rng) != 2 or not float(rng[0]) <= float(rng[1])):
+            bad("guardrail.video_mean_range", f"{list(rng)} must be [lo, hi] with lo <= hi (pixel means 0..255)")
+    up = cfg.get("upsampler") if hasattr(cfg, "get") else getattr(cfg, "upsampler", None)
+    if up is not None and up.enabled:
+        if not up.model_dir:
+            bad("upsampler.model_dir", "the prompt upsampler needs a local causal language model directory "
+                "(Hugging Face format), e.g. upsampler.model_dir=/models/Mistral-Nemo-Instruct; or upsampler.enabled=false")
+        if up.max_new_tokens < 1:
+            bad("upsampler.max_new_tokens", f"{up.max_new_tokens} must be >= 1 (the reference uses 512)")
+        if up.temperature < 0:
+            bad("upsampler.temperature", f"{up.temperature} must be >= 0 (0 = greedy)")
+        if up.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            bad("upsampler.dtype", f"{up.dtype!r}; choose auto, float32 or bfloat16")

@@ -80,8 +80,10 @@ def run_cli(cfg) -> int:
     finally:
         if runtime is not None:
             runtime.close()
+    blocked = getattr(summary, "blocked", [])
     log.info(
-        "%d done, %d skipped, %d failed -> %s", len(summary.done), len(summary.skipped), len(summary.failed), cfg.output_dir
+        "%d done, %d skipped, %d failed%s -> %s", len(summary.done), len(summary.skipped), len(summary.failed),
+        f", {len(blocked)} blocked by the guardrails (no video; not a failure)" if blocked else "", cfg.output_dir,
     )
     if summary.failed:
         log.error("failed: %s (reasons in %s/manifest.jsonl)", ", ".join(summary.failed[:10]), cfg.output_dir)

@@ -65,7 +65,9 @@ def load_text_encoder(path: Path, device, dtype, layout) -> TextStage | None:
     return TextStage(T5TextEncoder.from_dir(path, device=device, dtype=dtype))
 
 
-def load_dit(path: Path, cfg, device, dtype):
+def load_dit(path: Path, cfg, device, dtype, compile_device=None):
+    """`compile_device`: the device the network will run on when it is loaded elsewhere (offload=dit
+    loads it on the CPU); decides precision.compile=auto. Default: `device`."""
     from cosmos_dist.checkpoint import checkpoint_identity, load_dit as load
     from cosmos_dist.models import get_preset
 
@@ -73,7 +75,7 @@ def load_dit(path: Path, cfg, device, dtype):
     if cfg.model.rope_extrapolation is not None:
         preset = preset.replace(rope_extrapolation=tuple(float(v) for v in cfg.model.rope_extrapolation))
     net = load(path, cfg=preset, device=device, dtype=dtype)
-    if should_compile(cfg.precision.compile, device):
+    if should_compile(cfg.precision.compile, torch.device(compile_device if compile_device is not None else device)):
         for block in net.blocks.values():
             block.compile(dynamic=False)  # in place: parameter names stay the checkpoint's
     return net, checkpoint_identity(path).to_dict()

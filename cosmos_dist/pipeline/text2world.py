@@ -1,24 +1,25 @@
 """Text2World: prompt -> T5 -> guided EDM sampling of the DiT -> tokenizer decode -> mp4 + sidecar.
 
 Stage order per run: resolve files and check the output folder (before any model loads), load the
-three models, then for each pending sample: check the prompt, encode it (cached), sample on this
-rank's token shard, gather, decode, write the mp4 and latent under temporary names, write the
-sidecar last (its existence marks the sample done), append a manifest line.
+models (offloaded ones into pinned CPU memory, see pipeline/residency.py), then the pending samples in
+chunks (pipeline/chunks.py): guardrail text check, prompt rules, upsampler, T5 for the chunk; the DiT
+for the chunk (on this rank's token shard, gathered once); decode, guardrail video check + face blur,
+mp4 and latent under temporary names, the sidecar last (its existence marks the sample done), a
+manifest line per sample (done / failed / blocked).
 """
 from __future__ import annotations
 
 import logging
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from cosmos_dist.errors import CosmosDistError
 from cosmos_dist.io.records import Manifest
 from cosmos_dist.pipeline import stages
 from cosmos_dist.pipeline.assets import resolve_assets
+from cosmos_dist.pipeline.chunks import ChunkedRun
 from cosmos_dist.pipeline.preemption import StopFlag, finish_shard
 from cosmos_dist.pipeline.work import check_output_dir, collect_work, is_done
 
@@ -30,6 +31,7 @@ class RunSummary:
     done: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    blocked: list[str] = field(default_factory=list)  # guardrail blocks: no video, not a failure
     stopped_by: str | None = None  # the signal that ended the run early, if any
 
     @property
@@ -37,7 +39,7 @@ class RunSummary:
         return 1 if self.failed else 0
 
 
-class Text2WorldPipeline:
+class Text2WorldPipeline(ChunkedRun):
     kind = "text2world"
 
     def __init__(self, cfg, layout):
@@ -56,13 +58,19 @@ class Text2WorldPipeline:
         if self.layout.is_replica_leader:
             check_output_dir(self.output_dir)
         assets = resolve_assets(self.cfg, announce=self.layout.is_global_leader)
+        # guardrails / upsampler: a missing package or model folder is an error before any model loads
+        from cosmos_dist.guardrails import check_available
+        from cosmos_dist.pipeline.optional_models import check_upsampler
+
+        check_available(self.cfg)
+        check_upsampler(self.cfg)
         return work, assets
 
     def load_models(self, assets) -> None:
+        from cosmos_dist.pipeline.optional_models import load_with_residency
+
         t0 = time.perf_counter()
-        self.text = stages.load_text_encoder(assets.text_encoder, self.device, self.text_dtype, self.layout)
-        self.net, self.checkpoint_info = stages.load_dit(assets.dit, self.cfg, self.device, self.dit_dtype)
-        self.tokenizer = stages.load_tokenizer(assets.tokenizer, self.device, self.tokenizer_dtype, self.layout)
+        load_with_residency(self, assets)  # text encoder, DiT, tokenizer, guardrails, upsampler by offload level
         self.load_seconds = time.perf_counter() - t0
         log.info("models loaded in %.1f s (DiT %s, %s on %s)", self.load_seconds, self.cfg.model.preset, self.dit_dtype, self.device)
 
@@ -95,55 +103,17 @@ class Text2WorldPipeline:
         stop = StopFlag.install()  # before loading: a warning signal then still stops cleanly
         self.load_models(assets)
         bar = stages.progress_bar(len(pending), "samples", self.cfg.progress and self.layout.is_global_leader)
-        for item in pending:
-            # Every rank must agree, or one would leave while its peers wait in a collective.
-            if self.layout.agree_stop(stop.requested):
-                summary.stopped_by = stop.signal_name or "stop requested on another rank"
+        # Chunks (pipeline/chunks.py): the stages run chunk-wide so an offloaded model moves once per chunk;
+        # one sample per chunk when nothing is offloaded. Every rank agrees on stopping (no rank leaves
+        # while its peers wait in a collective); one bad sample never stops the run.
+        chunk = self.residency.chunk_size()
+        for start in range(0, len(pending), chunk):
+            if self.process_chunk(pending[start : start + chunk], manifest, summary, stop, bar):
                 break
-            try:
-                self.generate_one(item, manifest)
-                summary.done.append(item.sample_id)
-            except Exception as exc:  # one bad sample must not stop a million-prompt run
-                reason = str(exc) if isinstance(exc, CosmosDistError) else f"{type(exc).__name__}: {exc}"
-                if not isinstance(exc, CosmosDistError):
-                    log.error("sample %s failed:\n%s", item.sample_id, traceback.format_exc())
-                else:
-                    log.error("sample %s failed: %s", item.sample_id, reason)
-                if leader:
-                    manifest.append(status="failed", sample_id=item.sample_id, line=item.line_number, reason=reason)
-                summary.failed.append(item.sample_id)
-                self.layout.after_failure(exc)
-            bar.update(1)
         bar.close()
         if self.layout.is_global_leader:
             finish_shard(self.cfg, work, summary.stopped_by)
         return summary
-
-    def generate_one(self, item, manifest) -> None:
-        cfg, timings = self.cfg, {}
-        t_start = time.perf_counter()
-        t0 = t_start
-        negative = item.negative_prompt if item.negative_prompt is not None else cfg.negative_prompt
-        prompt, notes = self.layout.on_leader(lambda: self.text.check_prompt(item.prompt, allow_long=cfg.allow_long_prompts))
-        cond, uncond = self.encode(prompt, negative)
-        timings["text_encode_s"] = time.perf_counter() - t0
-
-        seed = item.seed if item.seed is not None else cfg.seed
-        condition = self.sampling_condition(item, seed, timings, notes)
-        t0 = time.perf_counter()
-        latent = stages.sample_latent(self, item.sample_id, seed, cond, uncond, condition)
-        timings["sampling_s"] = time.perf_counter() - t0
-
-        if not self.layout.is_replica_leader:
-            return
-        t0 = time.perf_counter()
-        frames = self.tokenizer.decode_to_uint8(latent)
-        timings["decode_s"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        stages.write_outputs(
-            self, item, latent, frames, timings, t_start,
-            prompt=prompt, negative=negative, seed=seed, notes=notes, manifest=manifest,
-        )
 
     def sampling_condition(self, item, seed: int, timings: dict, notes: list):
         """What conditions the sampler besides the text (see stages.sample_latent's `condition`); may add

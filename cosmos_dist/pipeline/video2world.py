@@ -293,8 +293,8 @@ class Video2WorldPipeline(Text2WorldPipeline):
                 f"input {w}x{h} was stretched to {cfg.width}x{cfg.height} (aspect ratio not kept, as the reference; "
                 "resize_mode=crop or resize_mode=pad keep it)"
             )
-        # Only the current sample's record is kept (written by stages.write_outputs on the replica leader).
-        self._input_records = {item.sample_id: {
+        # Kept per sample until its sidecar is written (stages.write_outputs, replica leader); a chunk holds several.
+        self._input_records[item.sample_id] = {
             "input_path": spec.given,
             "input_resolved": str(spec.path.resolve()),
             "input_kind": info["kind"],
@@ -306,9 +306,9 @@ class Video2WorldPipeline(Text2WorldPipeline):
             "resize_mode": spec.resize_mode,
             "augment_sigma": AUGMENT_SIGMA,
             "classifier_free_guidance": guided,
-        }}
+        }
         return condition
 
     def sidecar_extra(self, item) -> dict:
-        """Read by stages.write_outputs: what conditioned this sample."""
-        return {"video2world": self._input_records.pop(item.sample_id, {})}
+        """Read by stages.write_outputs: what conditioned this sample (+ guardrails, upsampler, offload)."""
+        return {**super().sidecar_extra(item), "video2world": self._input_records.pop(item.sample_id, {})}
