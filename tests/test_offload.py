@@ -210,3 +210,37 @@ def test_measure_memory_tool_runs_tiny_on_the_cpu(tmp_path):
         assert {"guardrail_text", "upsampler", "text_encode", "dit_sampling", "decode", "guardrail_video"} <= stages
         assert ("condition_encode" in stages) == (kind == "v2w")
     assert tool.CARD_GB[("14b", "t2w")]["dit"] == 39.0
+
+
+@pytest.mark.slow
+def test_torchrun_cp2_offload_dit_matches_single_process(ckpt, tmp_path):
+    """Two processes (gloo, cp=2) at offload=dit with a blocked prompt: the leader checks and writes, the DiT
+    streams on both ranks, and the latents equal the single-process offload=none run."""
+    import os
+    import subprocess
+    import sys
+
+    from pipeline_helpers import REPO
+
+    prompts = write_prompts(tmp_path / "p.jsonl", [
+        {"prompt": "a red ball rolls", "id": "a"}, {"prompt": "a bomb goes off", "id": "b"},
+    ])
+    common = ["model=tiny_text2world", "height=32", "width=48", "num_frames=9", "num_steps=2", "progress=false",
+              f"checkpoint_dir={ckpt}", f"prompts_file={prompts}", "guardrail.blocklist=[bomb]", "save_latents=true",
+              "parallel.timeout_s=120"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        env.pop(k, None)
+    # single process first: it also writes the tiny model files (two ranks creating them at once can race)
+    single = subprocess.run([sys.executable, str(REPO / "generate.py"), *common, f"output_dir={tmp_path / 'single'}"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-3000:]
+    multi = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(REPO / "generate.py"),
+         *common, "offload=dit", "parallel.cp_size=2", f"output_dir={tmp_path / 'multi'}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert multi.returncode == 0, multi.stderr[-3000:]
+    m = manifest_by_id(tmp_path / "multi")
+    assert m["b"]["status"] == "blocked" and m["a"]["status"] == "done" and len(m) == 2
+    a, b = torch.load(tmp_path / "multi" / "a.latent.pt"), torch.load(tmp_path / "single" / "a.latent.pt")
+    assert float((a - b).norm() / b.norm()) <= 1e-5

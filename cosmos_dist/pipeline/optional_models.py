@@ -84,5 +84,5 @@ def load_with_residency(pipe, assets) -> None:
     res.register("dit", [pipe.net], stream_blocks=pipe.net.blocks)
     if res.level != "none":
         log.info("offload=%s: %s wait in %s CPU memory between their stages", res.level,
-                 ", ".join(n for n, c in res.components.items() if c.offloaded) or "nothing loaded",
+                 ", ".join(n for n, c in res.components.items() if c.offloaded and c.tensors) or "no model",
                  "pinned" if res.pin else "pageable")
