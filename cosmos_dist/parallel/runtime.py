@@ -83,6 +83,9 @@ class DistributedRuntime:
             return t
         return broadcast_tensor(t, src=lay.replica_leader, group=lay.replica_group, device=lay.device)
 
+    def barrier(self) -> None:
+        torch.distributed.barrier()
+
     def agree_stop(self, requested: bool) -> bool:
         """True on every rank of the replica when any of them was asked to stop (one all-reduce
         per sample; replicas run different numbers of samples, so only inside the replica)."""

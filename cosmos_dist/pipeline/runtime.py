@@ -20,6 +20,9 @@ class SingleProcess:
     def token_range(self, num_tokens: int):
         return None
 
+    def barrier(self) -> None:
+        pass
+
     def agree_stop(self, requested: bool) -> bool:
         return requested
 

@@ -65,16 +65,27 @@ def load_text_encoder(path: Path, device, dtype, layout) -> TextStage | None:
     return TextStage(T5TextEncoder.from_dir(path, device=device, dtype=dtype))
 
 
-def load_dit(path: Path, cfg, device, dtype, compile_device=None):
-    """`compile_device`: the device the network will run on when it is loaded elsewhere (offload=dit
-    loads it on the CPU); decides precision.compile=auto. Default: `device`."""
-    from cosmos_dist.checkpoint import checkpoint_identity, load_dit as load
+def dit_preset(cfg):
     from cosmos_dist.models import get_preset
 
     preset = get_preset(cfg.model.preset)
     if cfg.model.rope_extrapolation is not None:
         preset = preset.replace(rope_extrapolation=tuple(float(v) for v in cfg.model.rope_extrapolation))
-    net = load(path, cfg=preset, device=device, dtype=dtype)
+    return preset
+
+
+def check_dit_file(path: Path, cfg) -> None:
+    from cosmos_dist.checkpoint import check_checkpoint
+
+    check_checkpoint(path, dit_preset(cfg))
+
+
+def load_dit(path: Path, cfg, device, dtype, compile_device=None):
+    """`compile_device`: the device the network will run on when it is loaded elsewhere (offload=dit
+    loads it on the CPU); decides precision.compile=auto. Default: `device`."""
+    from cosmos_dist.checkpoint import checkpoint_identity, load_dit as load
+
+    net = load(path, cfg=dit_preset(cfg), device=device, dtype=dtype)
     if should_compile(cfg.precision.compile, torch.device(compile_device if compile_device is not None else device)):
         for block in net.blocks.values():
             block.compile(dynamic=False)  # in place: parameter names stay the checkpoint's
@@ -202,6 +213,7 @@ def write_outputs(pipe, item, latent, frames, timings, t_start, *, prompt, negat
     )
     write_json_atomic(out / f"{item.sample_id}.json", sidecar)
     manifest.append(status="done", sample_id=item.sample_id, line=item.line_number, reason=None)
+    log.info("wrote %s (+ %s.json) in %.1f s", mp4, item.sample_id, timings["total_s"])
 
 
 def resolved_config(cfg) -> dict:
@@ -226,4 +238,6 @@ def progress_bar(total: int, unit: str, enabled: bool, leave: bool = True):
         return _NoBar()
     from tqdm import tqdm
 
-    return tqdm(total=total, unit=unit.rstrip("s"), desc=unit, leave=leave, dynamic_ncols=True)
+    # Bars on a terminal only: in Slurm logs and pipes they are escape-code noise (the log lines
+    # below say what was written).
+    return tqdm(total=total, unit=unit.rstrip("s"), desc=unit, leave=leave, dynamic_ncols=True, disable=None)

@@ -57,7 +57,15 @@ class Text2WorldPipeline(ChunkedRun):
         work = collect_work(self.cfg)
         if self.layout.is_replica_leader:
             check_output_dir(self.output_dir)
+        # Tiny random stand-ins are created by the global leader alone; the others wait for them.
+        creates = bool(self.cfg.model.random_weights)
+        if creates and not self.layout.is_global_leader:
+            self.layout.barrier()
         assets = resolve_assets(self.cfg, announce=self.layout.is_global_leader)
+        if creates and self.layout.is_global_leader:
+            self.layout.barrier()
+        # A checkpoint of the wrong variant is refused from its index, before T5 (11B) loads.
+        stages.check_dit_file(assets.dit, self.cfg)
         # guardrails / upsampler: a missing package or model folder is an error before any model loads
         from cosmos_dist.guardrails import check_available
         from cosmos_dist.pipeline.optional_models import check_upsampler
