@@ -58,12 +58,19 @@ def release_requeued(cluster: MiniSlurm) -> None:
             cluster.run(["scontrol", "update", f"JobId={job['JobId']}", "StartTime=now"], check=False)
 
 
-def wait_jobs(cluster: MiniSlurm, timeout: float, release: bool = False) -> None:
+def wait_jobs(cluster: MiniSlurm, timeout: float, release: bool = False, settle: float = 4.0) -> None:
+    """Until no job is active for `settle` seconds: a job that requeues itself passes through states
+    squeue does not list as active (completing, then pending with a begin time) for a moment."""
     end = time.monotonic() + timeout
+    idle_since = None
     while time.monotonic() < end:
         if release:
             release_requeued(cluster)
-        if not cluster.active_jobs():
+        if cluster.active_jobs():
+            idle_since = None
+        elif idle_since is None:
+            idle_since = time.monotonic()
+        elif time.monotonic() - idle_since >= settle:
             return
         time.sleep(0.5)
     raise AssertionError(f"jobs still active after {timeout:.0f} s:\n{cluster.run(['squeue'], check=False).stdout}")
