@@ -134,14 +134,7 @@ finish_run() {
         # An array element's SLURM_JOB_ID can equal the array's id, and requeueing that id
         # requeues every element: name an element as <array job id>_<task id>.
         say "requeueing $job_ref to continue $tag"
-        # Slurm ends this shell itself as part of the requeue: wait for that with the default TERM
-        # action (our trap would turn it into a non-zero exit, and a job that "fails" while its
-        # requeue is being processed can end FAILED instead of pending again).
-        trap - TERM USR1 INT
-        if scontrol requeue "$job_ref"; then
-            sleep 120
-            exit 0
-        fi
+        scontrol requeue "$job_ref" && exit 0
         say "scontrol requeue $job_ref failed: resubmit with tools/shard_status.py"
         exit 3
     fi

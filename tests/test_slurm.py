@@ -53,10 +53,8 @@ def shard_status(prompts: Path, out: Path, *extra: str, json_out: bool = False) 
 
 def release_requeued(cluster: MiniSlurm) -> None:
     """Slurm holds a requeued batch job for about 120 s (Reason=BeginTime); make it eligible now."""
-    # Any pending job: right after the requeue its Reason can still read "None" while its begin time
-    # is already two minutes ahead; StartTime=now is harmless for a job that is otherwise eligible.
     for job in cluster.active_jobs():
-        if job.get("JobState") == "PENDING":
+        if job.get("JobState") == "PENDING" and job.get("Reason") == "BeginTime":
             cluster.run(["scontrol", "update", f"JobId={job['JobId']}", "StartTime=now"], check=False)
 
 
