@@ -26,7 +26,7 @@ except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cosmos_dist.checkpoint import convert_checkpoint
-from cosmos_dist.errors import CosmosDistError
+from cosmos_dist.cli_util import run_tool
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -53,8 +53,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except CosmosDistError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_tool(main)

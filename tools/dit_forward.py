@@ -40,7 +40,8 @@ except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cosmos_dist.checkpoint import detect_checkpoint, load_dit
-from cosmos_dist.errors import CosmosDistError, InputError
+from cosmos_dist.cli_util import run_tool
+from cosmos_dist.errors import InputError
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 REQUIRED = ("x", "timesteps", "crossattn_emb")
@@ -170,8 +171,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except CosmosDistError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_tool(main)

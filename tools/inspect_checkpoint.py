@@ -23,15 +23,8 @@ except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cosmos_dist.checkpoint import inspect_checkpoint
-from cosmos_dist.errors import CosmosDistError
+from cosmos_dist.cli_util import human_size, run_tool
 from cosmos_dist.models import PRESET_NAMES, get_preset
-
-
-def _size(n: int) -> str:
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= scale:
-            return f"{n:,} bytes ({n / scale:.2f} {unit})"
-    return f"{n:,} bytes"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -53,7 +46,7 @@ def _text(info: dict) -> str:
     k = info["keys"]
     lines = [
         f"checkpoint   {info['path']}",
-        f"format       {info['format']}, {_size(info['size_bytes'])}",
+        f"format       {info['format']}, {human_size(info['size_bytes'])}",
         f"fingerprint  {info['fingerprint']}",
         f"variant      {info['variant'] or 'unknown'}"
         + (f" ({info['variant_description']})" if info["variant_description"] else f": {info['detect_error']}"),
@@ -90,8 +83,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except CosmosDistError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_tool(main)

@@ -29,17 +29,10 @@ except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cosmos_dist.checkpoint.synthetic import EXTRA_STATE_FORMS, FORMATS, write_random_checkpoint
-from cosmos_dist.errors import CosmosDistError
+from cosmos_dist.cli_util import human_size, run_tool
 from cosmos_dist.models import PRESET_NAMES, get_preset
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
-
-
-def _size(n: int) -> str:
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= scale:
-            return f"{n:,} bytes ({n / scale:.2f} {unit})"
-    return f"{n:,} bytes"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -71,13 +64,9 @@ def main(argv=None) -> int:
     print(f"  preset      {args.preset} ({fmt}, {args.dtype}, extra state: {info['extra_state']}, seed {args.seed})")
     print(f"  keys        {info['keys']}")
     print(f"  parameters  {info['parameters']:,}")
-    print(f"  size        {_size(info['bytes'])}")
+    print(f"  size        {human_size(info['bytes'])}")
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except CosmosDistError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_tool(main)
