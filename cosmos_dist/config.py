@@ -52,6 +52,14 @@ class PrecisionConfig:
     # torch.compile each transformer block (fuses norms, modulation, RoPE and gating: 8.5 -> 7.1 s
     # per guided 7B step on an H100). auto = on for CUDA, off on the CPU (compiling costs ~1 min).
     compile: str = "auto"
+    # FP8 (e4m3) for the DiT on Hopper-class GPUs (precision=fp8): matrix products of the transformer blocks
+    # through torch._scaled_mm with row-wise scales, and self-attention through our Triton FP8 kernel.
+    # On the CPU the same quantisation is emulated in float32 (slow; for tests). See docs/PERFORMANCE.md.
+    fp8_linear: bool = False
+    fp8_attention: bool = False
+    # Run this many first and as many last sampling steps without FP8 (keeps a high-precision copy of the
+    # converted weights: 1.5x their memory).
+    fp8_high_precision_steps: int = 0
 
 
 @dataclass
@@ -200,6 +208,10 @@ def validate_config(cfg: Any) -> None:
             bad(f"precision.{key}", f"{v!r}; choose auto, float32 or bfloat16")
     if str(cfg.precision.compile).lower() not in ("auto", "true", "false"):
         bad("precision.compile", f"{cfg.precision.compile!r}; choose auto, true or false")
+    if cfg.precision.fp8_high_precision_steps < 0:
+        bad("precision.fp8_high_precision_steps", f"{cfg.precision.fp8_high_precision_steps} must be >= 0")
+    if (cfg.precision.fp8_linear or cfg.precision.fp8_attention) and cfg.precision.dit_dtype == "float32":
+        bad("precision.dit_dtype", "FP8 runs beside a bfloat16 network; use dit_dtype=bfloat16 or auto with fp8")
     if cfg.device not in ("auto", "cpu", "cuda"):
         bad("device", f"{cfg.device!r}; choose auto, cpu or cuda")
     if not 0 <= cfg.video.crf <= 51:
