@@ -181,6 +181,64 @@ def reference_check(net, cfg, device, dtype) -> dict:
 SHAPES_CHECK = {"7b": (16, 44, 80), "14b": (16, 44, 80)}
 
 
+def fp8_modes(net, variant: str):
+    """Switch the converted network between bf16 ("bf16"), FP8 linears ("linear") and FP8 linears +
+    FP8 self-attention ("linear+attention"); returns the self-attention callable to use."""
+    from cosmos_dist.attention import sdpa_attention
+    from cosmos_dist.attention.fp8 import fp8_attention
+    from cosmos_dist.models.fp8 import set_fp8_enabled
+
+    set_fp8_enabled(net, variant != "bf16")
+    return fp8_attention if variant == "linear+attention" else sdpa_attention
+
+
+def fp8_quality(net, cfg, device, steps: int, grid, variant: str) -> dict:
+    """Quality gate of FP8: a full `steps`-step Euler run (guidance 7, random text embeddings) with the
+    FP8 network; at every step the BF16 network is also evaluated on the same input, giving the
+    relative error of the network output per step; then a separate BF16 run from the same seed gives
+    the relative error of the final latent. Runs at `grid` (a reduced latent) to fit in the time."""
+    from cosmos_dist.pipeline.denoiser import GuidedDenoiser
+    from cosmos_dist.pipeline.stages import mask_tokens
+    from cosmos_dist.sampling import SamplerSettings, initial_noise
+
+    shape = (1, cfg.latent_channels, *grid)
+    g = torch.Generator().manual_seed(3)
+    cond = torch.randn(1, 512, cfg.crossattn_emb_channels, generator=g).to(device, net.dtype)
+    uncond = torch.randn(1, 512, cfg.crossattn_emb_channels, generator=g).to(device, net.dtype)
+    noise_tokens, pgrid = net.patchify(initial_noise(shape, 1, "fp8-quality"))
+    extra = mask_tokens(net, shape, device, net.dtype)
+    settings = SamplerSettings(name="euler", num_steps=steps)
+
+    def denoiser(v):
+        return GuidedDenoiser(net=net, grid=pgrid, fps=24.0, cond_emb=cond, uncond_emb=uncond, guidance=7.0,
+                              extra_tokens=extra, self_attention=fp8_modes(net, v))
+
+    low, high = denoiser(variant), denoiser("bf16")
+    per_step = []
+
+    def compared(x_net, c_noise, sigma, step):
+        fp8_modes(net, "bf16")
+        ref = high(x_net, c_noise, sigma, step).float()
+        fp8_modes(net, variant)
+        out = low(x_net, c_noise, sigma, step)
+        per_step.append(float(torch.linalg.vector_norm(out.float() - ref) / torch.linalg.vector_norm(ref)))
+        return out
+
+    final_fp8 = settings.sample(compared, noise_tokens.to(device), dtype=net.dtype)
+    fp8_modes(net, "bf16")
+    final_bf16 = settings.sample(high, noise_tokens.to(device), dtype=net.dtype)
+    err = float(torch.linalg.vector_norm(final_fp8 - final_bf16) / torch.linalg.vector_norm(final_bf16))
+    return {
+        "variant": variant,
+        "latent": list(shape[1:]),
+        "steps": steps,
+        "per_step_rel_err": [round(e, 5) for e in per_step],
+        "per_step_rel_err_max": round(max(per_step), 5),
+        "per_step_rel_err_median": round(statistics.median(per_step), 5),
+        "final_latent_rel_err": round(err, 5),
+    }
+
+
 def profile_shares(fn, device) -> dict:
     """Share of device time in attention kernels, matrix products and the rest."""
     from torch.profiler import ProfilerActivity, profile
@@ -227,6 +285,35 @@ def time_modes(fns, modes, label, result, args, timer, flops, device) -> None:
         print(f"{label} {mode:10s} {med:8.3f} s/step  {entry['tflops']:7.1f} TFLOP/s  peak {entry.get('peak_gb', '-')} GB", flush=True)
 
 
+def run_fp8(net, cfg, grid_latent, modes, result, args, timer, flops, device) -> None:
+    from cosmos_dist.models.fp8 import convert_blocks_to_fp8
+
+    # Keep the bf16 weights beside the FP8 copies so one network serves both sides of the comparison.
+    n = convert_blocks_to_fp8(net, keep_high_precision=True)
+    result["fp8"] = {"converted_linears": n}
+    for variant in ("linear", "linear+attention"):
+        attn = fp8_modes(net, variant)
+        fns, _ = our_step_fns(net, grid_latent, device, net.dtype, attn)
+        time_modes(fns, modes, f"fp8[{variant}]", result, args, timer, flops, device)
+        if args.profile and variant == "linear+attention":
+            result["fp8"]["profile"] = profile_shares(fns[modes[-1]], device)
+            print("fp8 profile shares:", result["fp8"]["profile"]["share"], flush=True)
+    bf16 = min(v["step_s"] for k, v in result["ours"].items() if k.startswith("ours[") for v in v.values())
+    for variant in ("linear", "linear+attention"):
+        best = min(v["step_s"] for v in result["ours"][f"fp8[{variant}]"].values())
+        result["fp8"][f"{variant}_vs_bf16"] = round(best / bf16, 3)
+        print(f"fp8[{variant}] best step {best:.3f} s = {best / bf16:.3f}x the best bf16 step", flush=True)
+    if args.fp8_quality_steps:
+        grid = SHAPES_CHECK.get(args.model, SHAPES[args.model])
+        result["fp8"]["quality"] = [
+            fp8_quality(net, cfg, device, args.fp8_quality_steps, grid, v) for v in ("linear", "linear+attention")
+        ]
+        for q in result["fp8"]["quality"]:
+            print(f"fp8[{q['variant']}] quality: per-step rel err median {q['per_step_rel_err_median']} max "
+                  f"{q['per_step_rel_err_max']}, final latent rel err {q['final_latent_rel_err']}", flush=True)
+    fp8_modes(net, "bf16")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="7b", choices=sorted(SHAPES))
@@ -242,6 +329,9 @@ def main(argv=None) -> int:
     ap.add_argument("--write-checkpoint", help="first write a random real-format model.pt here (timed)")
     ap.add_argument("--checkpoint", help="load the network from this model.pt / .safetensors (timed) instead of random init")
     ap.add_argument("--check", action="store_true", help="compare one bf16 forward with a float32 eager forward at a reduced latent")
+    ap.add_argument("--fp8", action="store_true", help="also time FP8 linears and FP8 linears + FP8 attention (precision=fp8)")
+    ap.add_argument("--fp8-quality-steps", type=int, default=0,
+                    help="with --fp8: run this many sampling steps at a reduced latent for the FP8 quality figures")
     ap.add_argument("--output", help="write the results as JSON here")
     args = ap.parse_args(argv)
 
@@ -293,6 +383,8 @@ def main(argv=None) -> int:
             result["ours"]["check"] = reference_check(net, cfg, device, dtype)
             print("bf16 vs fp32 eager:", result["ours"]["check"], flush=True)
         if args.compile:
+            # FP8 variants and the reduced quality latent each compile their own graphs.
+            torch._dynamo.config.cache_size_limit = max(64, torch._dynamo.config.cache_size_limit)
             for block in net.blocks.values():
                 block.compile(dynamic=False)  # as the pipeline does (precision.compile)
         from cosmos_dist.attention import get_local_attention
@@ -303,6 +395,8 @@ def main(argv=None) -> int:
         if args.profile:
             result["ours"]["profile"] = profile_shares(fns[modes[0]], device)
             print("ours profile shares:", result["ours"]["profile"]["share"], flush=True)
+        if args.fp8:
+            run_fp8(net, cfg, grid_latent, modes, result, args, timer, flops, device)
         del net, fns
         if device.type == "cuda":
             torch.cuda.empty_cache()

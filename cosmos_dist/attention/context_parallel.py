@@ -372,6 +372,7 @@ def self_attention_for_layout(
     num_heads: int,
     impl: str | None = None,
     local: Callable = sdpa_attention,
+    lse_kernel: Callable = attention_with_lse,
     **te_kwargs,
 ) -> tuple[Callable, list[Range], str]:
     """Everything a sampler needs for one patch grid: (self_attention, token ranges, resolved impl).
@@ -397,5 +398,7 @@ def self_attention_for_layout(
         ul_group, ring_group = layout.cp_subgroups(u)
     if resolved == "te":
         te_kwargs["cp_comm_type"] = te_comm
-    fn = make_self_attention(resolved, layout.cp_group, ranges, local, ul_group, ring_group, **te_kwargs)
+    fn = make_self_attention(
+        resolved, layout.cp_group, ranges, local, ul_group, ring_group, lse_kernel=lse_kernel, **te_kwargs
+    )
     return fn, ranges, resolved

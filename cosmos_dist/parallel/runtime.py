@@ -104,12 +104,16 @@ class DistributedRuntime:
             return None
         return self._ranges(num_tokens)[self.layout.cp_rank]
 
-    def denoiser_options(self, parallel_cfg, grid=None, num_heads=None) -> dict:
+    def denoiser_options(self, parallel_cfg, grid=None, num_heads=None, local=None, lse_kernel=None) -> dict:
+        """`local` / `lse_kernel`: the local attention kernels (default SDPA / cuDNN with LSE)."""
         from cosmos_dist.attention.context_parallel import self_attention_for_layout
 
-        key = (tuple(grid), num_heads)
+        key = (tuple(grid), num_heads, local, lse_kernel)
         if key not in self._attention:
-            self._attention[key] = self_attention_for_layout(self.layout, grid, num_heads)
+            kernels = {} if local is None else {"local": local}
+            if lse_kernel is not None:
+                kernels["lse_kernel"] = lse_kernel
+            self._attention[key] = self_attention_for_layout(self.layout, grid, num_heads, **kernels)
         attn, _, impl = self._attention[key]
         self.cp_impl = impl
         if self.layout.cfg_size == 2:

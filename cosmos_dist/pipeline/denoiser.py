@@ -34,15 +34,31 @@ class GuidedDenoiser:
     cfg_branch: int = 0  # cfg_parallel: 0 computes the conditional branch, 1 the unconditional
     exchange: Optional[Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]] = None
     extra_tokens_fn: Optional[Callable[[int], torch.Tensor]] = None  # per-step mask tokens (Video2World)
+    # precision=fp8: steps that run without FP8 (FP8 linears switched to their kept weights, and
+    # `hp_self_attention` instead of the FP8 kernel when it is given).
+    high_precision_steps: frozenset = frozenset()
+    hp_self_attention: Optional[Callable] = None
 
     def __post_init__(self):
         fps = torch.tensor([float(self.fps)], device=self.extra_tokens.device)
         # RoPE and the learnable embedding depend only on the grid, fps and shard: compute once.
         self._positions = self.net.position_tables(self.grid, fps.to(self.net.dtype), self.token_range)
         self._fps = fps
+        self._high_precision = False
+
+    def _set_precision(self, step: int) -> None:
+        if not self.high_precision_steps:
+            return
+        hp = step in self.high_precision_steps
+        if hp != self._high_precision:
+            from cosmos_dist.models.fp8 import set_fp8_enabled
+
+            set_fp8_enabled(self.net, not hp)
+            self._high_precision = hp
 
     def _forward(self, x_net: torch.Tensor, c_noise: torch.Tensor, emb: torch.Tensor, extra: torch.Tensor):
         b = emb.shape[0]
+        attn = self.self_attention if self._high_precision is False or self.hp_self_attention is None else self.hp_self_attention
         tokens = torch.cat([x_net.expand(b, -1, -1), extra.to(x_net.dtype).expand(b, -1, -1)], dim=-1)
         return self.net.forward_tokens(
             tokens,
@@ -51,11 +67,12 @@ class GuidedDenoiser:
             self.grid,
             self._fps,
             self.token_range,
-            self_attention=self.self_attention,
+            self_attention=attn,
             positions=self._positions,
         )
 
     def __call__(self, x_net: torch.Tensor, c_noise: torch.Tensor, sigma: float, step: int) -> torch.Tensor:
+        self._set_precision(step)
         extra = self.extra_tokens_fn(step) if self.extra_tokens_fn is not None else self.extra_tokens
         if self.guidance == 0 or self.uncond_emb is None:
             return self._forward(x_net, c_noise, self.cond_emb, extra)

@@ -32,8 +32,8 @@ class SingleProcess:
     def share_tensor(self, t):
         return t
 
-    def denoiser_options(self, parallel_cfg, grid=None, num_heads=None) -> dict:
-        return {"self_attention": sdpa_attention, "mode": "batch" if parallel_cfg.batch_cfg else "sequential"}
+    def denoiser_options(self, parallel_cfg, grid=None, num_heads=None, local=None, lse_kernel=None) -> dict:
+        return {"self_attention": local or sdpa_attention, "mode": "batch" if parallel_cfg.batch_cfg else "sequential"}
 
     def gather_tokens(self, tokens):
         return tokens

@@ -86,6 +86,12 @@ def load_dit(path: Path, cfg, device, dtype, compile_device=None):
     from cosmos_dist.checkpoint import checkpoint_identity, load_dit as load
 
     net = load(path, cfg=dit_preset(cfg), device=device, dtype=dtype)
+    prec = cfg.precision
+    if prec.fp8_linear:
+        from cosmos_dist.models.fp8 import convert_blocks_to_fp8
+
+        # Before compiling, so the compiled blocks see the FP8 layers.
+        convert_blocks_to_fp8(net, keep_high_precision=prec.fp8_high_precision_steps > 0)
     if should_compile(cfg.precision.compile, torch.device(compile_device if compile_device is not None else device)):
         for block in net.blocks.values():
             block.compile(dynamic=False)  # in place: parameter names stay the checkpoint's
@@ -135,6 +141,23 @@ def mask_tokens(net, shape, device, dtype, condition_mask=None) -> torch.Tensor:
     return full[..., c * net.config.patch_volume :]
 
 
+def attention_kernels(cfg, layout, grid, num_heads, num_steps):
+    """The local attention kernels for precision.fp8_attention, and the steps that run without FP8
+    (precision.fp8_high_precision_steps first and last) with the self-attention they use."""
+    prec = cfg.precision
+    local = {}
+    if prec.fp8_attention:
+        from cosmos_dist.attention.fp8 import fp8_attention, fp8_attention_with_lse
+
+        local = {"local": fp8_attention, "lse_kernel": fp8_attention_with_lse}
+    k = prec.fp8_high_precision_steps if (prec.fp8_linear or prec.fp8_attention) else 0
+    if k == 0:
+        return local, frozenset(), None
+    steps = frozenset(range(min(k, num_steps))) | frozenset(range(max(0, num_steps - k), num_steps))
+    hp_attention = layout.denoiser_options(cfg.parallel, grid, num_heads)["self_attention"] if local else None
+    return local, steps, hp_attention
+
+
 def sample_latent(pipe, sample_id: str, seed: int, cond, uncond, condition=None) -> torch.Tensor:
     """Run the sampler on this rank's token shard; returns the full latent (1, 16, T, H, W) float32
     on the replica leader (None elsewhere).
@@ -155,10 +178,12 @@ def sample_latent(pipe, sample_id: str, seed: int, cond, uncond, condition=None)
     extra = mask_tokens(net, shape, pipe.device, net.dtype, None if condition is None else condition.mask)
     if token_range is not None:
         extra = extra[:, token_range[0] : token_range[1]]
+    local, hp_steps, hp_attention = attention_kernels(cfg, layout, grid, net.config.num_heads, settings.num_steps)
     denoiser = GuidedDenoiser(
         net=net, grid=grid, fps=cfg.fps, cond_emb=cond, uncond_emb=uncond, guidance=cfg.guidance,
         extra_tokens=extra, token_range=token_range,
-        **layout.denoiser_options(cfg.parallel, grid, net.config.num_heads),
+        high_precision_steps=hp_steps, hp_self_attention=hp_attention,
+        **layout.denoiser_options(cfg.parallel, grid, net.config.num_heads, **local),
     )
     bar = progress_bar(settings.num_network_evaluations, "steps", cfg.progress and layout.is_global_leader, leave=False)
     hooks = None if condition is None else condition.step_hooks(net, token_range)
@@ -173,6 +198,18 @@ def sample_latent(pipe, sample_id: str, seed: int, cond, uncond, condition=None)
 
 
 # ---- outputs -------------------------------------------------------------------------------------
+def precision_record(pipe) -> dict:
+    rec = {"dit": dtype_name(pipe.dit_dtype), "tokenizer": dtype_name(pipe.tokenizer_dtype), "text_encoder": dtype_name(pipe.text_dtype)}
+    prec = pipe.cfg.precision
+    if prec.fp8_linear or prec.fp8_attention:
+        rec["dit_fp8"] = {
+            "linear": bool(prec.fp8_linear),
+            "attention": bool(prec.fp8_attention),
+            "high_precision_steps": int(prec.fp8_high_precision_steps),
+        }
+    return rec
+
+
 def write_outputs(pipe, item, latent, frames, timings, t_start, *, prompt, negative, seed, notes, manifest):
     """mp4 (+ latent) under temporary names, then the sidecar, then the manifest line."""
     from cosmos_dist.io.records import build_sidecar, write_json_atomic
@@ -204,7 +241,7 @@ def write_outputs(pipe, item, latent, frames, timings, t_start, *, prompt, negat
         sampler={**sampler_settings(cfg).to_dict(), "guidance": cfg.guidance},
         resolution={"num_frames": cfg.num_frames, "height": cfg.height, "width": cfg.width, "fps": cfg.fps},
         parallel=pipe.layout.describe(),
-        precision={"dit": dtype_name(pipe.dit_dtype), "tokenizer": dtype_name(pipe.tokenizer_dtype), "text_encoder": dtype_name(pipe.text_dtype)},
+        precision=precision_record(pipe),
         timings={k: round(v, 4) for k, v in timings.items()},
         notes=notes,
         files=files,

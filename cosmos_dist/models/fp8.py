@@ -1,0 +1,111 @@
+"""FP8 (e4m3) matrix products for the DiT's transformer blocks: `precision=fp8`.
+
+`convert_blocks_to_fp8(net)` swaps the `nn.Linear` layers inside the transformer blocks (self- and
+cross-attention projections, MLP) for `Fp8Linear`. The adaLN modulation, the embedders and the final
+layer stay in the run dtype: they are a fraction of a percent of the FLOPs and the modulation feeds
+every block, so they are not worth the error.
+
+Scaling, chosen for error rather than simplicity:
+* weights: one scale per output row, computed once at conversion (amax / 448);
+* activations: one scale per token row, computed at every call (dynamic; no calibration, no history).
+The product runs in `torch._scaled_mm` with both row-wise scales, bf16 out, fp32 accumulation (cuBLASLt
+on Hopper). Where `_scaled_mm` cannot run (the CPU, old GPUs) the same quantised numbers are multiplied
+in float32, so tests on the CPU see the quantisation error the GPU sees, only not its speed.
+
+`keep_high_precision=True` keeps the original weight next to the FP8 copy (1.5x the weight memory)
+so `set_fp8_enabled(net, False)` can run selected sampling steps without FP8 (the first and last
+steps, where the output is most sensitive).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+E4M3 = torch.float8_e4m3fn
+E4M3_MAX = 448.0
+# Smallest scale used: an all-zero row would otherwise divide by zero.
+_MIN_AMAX = 1e-12
+
+
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, K) -> e4m3 (M, K) and float32 scales (M, 1) with x ~= q * scale, one scale per row."""
+    amax = x.abs().amax(dim=-1, keepdim=True).float().clamp_min(_MIN_AMAX)
+    scale = amax / E4M3_MAX
+    q = (x.float() / scale).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3)
+    return q, scale
+
+
+def _scaled_mm_supported(device: torch.device) -> bool:
+    if device.type != "cuda":
+        return False
+    major, minor = torch.cuda.get_device_capability(device)
+    return (major, minor) >= (8, 9)  # Ada / Hopper and newer have FP8 tensor cores
+
+
+class Fp8Linear(nn.Module):
+    """y = x W^T with W and x in e4m3 and row-wise scales; no bias (the DiT's linears have none)."""
+
+    def __init__(self, linear: nn.Linear, keep_high_precision: bool = False):
+        super().__init__()
+        if linear.bias is not None:
+            raise ValueError("Fp8Linear supports linears without bias only (all of the DiT's block linears)")
+        w = linear.weight.detach()
+        self.in_features, self.out_features = w.shape[1], w.shape[0]
+        self.out_dtype = w.dtype if w.dtype in (torch.bfloat16, torch.float16, torch.float32) else torch.bfloat16
+        q, scale = quantize_rows(w)
+        self.register_buffer("weight_fp8", q)
+        # (1, N): the layout `_scaled_mm` wants for the second operand's row-wise scale.
+        self.register_buffer("weight_scale", scale.reshape(1, -1))
+        self.weight_hp = nn.Parameter(w, requires_grad=False) if keep_high_precision else None
+        self.fp8_enabled = True
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, high_precision_copy={self.weight_hp is not None}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.fp8_enabled:
+            if self.weight_hp is None:
+                raise RuntimeError("FP8 was switched off, but no high-precision weight was kept (keep_high_precision)")
+            return torch.nn.functional.linear(x, self.weight_hp)
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)
+        xq, xs = quantize_rows(x2)
+        out_dtype = x.dtype if x.dtype in (torch.bfloat16, torch.float16) else self.out_dtype
+        if _scaled_mm_supported(x.device) and out_dtype == torch.bfloat16 and x2.shape[0] % 16 == 0:
+            # Row-wise scaling needs bf16 output and both operands' inner dims multiple of 16.
+            y = torch._scaled_mm(xq, self.weight_fp8.t(), scale_a=xs, scale_b=self.weight_scale, out_dtype=out_dtype)
+        else:
+            y = ((xq.float() * xs) @ (self.weight_fp8.float() * self.weight_scale.t()).t()).to(x.dtype)
+        return y.reshape(*lead, self.out_features)
+
+
+def _linears_in(module: nn.Module):
+    for name, child in module.named_children():
+        if isinstance(child, nn.Linear):
+            yield module, name, child
+        else:
+            yield from _linears_in(child)
+
+
+def convert_blocks_to_fp8(net: nn.Module, keep_high_precision: bool = False) -> int:
+    """Replace every bias-free linear of the transformer blocks' attention and MLP by `Fp8Linear`,
+    leaving the adaLN modulation in the run dtype. Returns the number converted. Call it before
+    `torch.compile` and after loading weights."""
+    count = 0
+    for block in net.blocks.values():
+        for sub in block.blocks:
+            for parent, name, lin in list(_linears_in(sub.block)):
+                if lin.in_features % 16 or lin.out_features % 16:
+                    continue  # FP8 tensor cores need multiples of 16; stays in the run dtype
+                setattr(parent, name, Fp8Linear(lin, keep_high_precision))
+                count += 1
+    if count == 0:
+        raise ValueError("no linear layer of the transformer blocks could be converted to FP8")
+    return count
+
+
+def set_fp8_enabled(net: nn.Module, enabled: bool) -> None:
+    """Switch every Fp8Linear between FP8 and its kept high-precision weight."""
+    for m in net.modules():
+        if isinstance(m, Fp8Linear):
+            m.fp8_enabled = bool(enabled)

@@ -1,0 +1,172 @@
+"""precision=fp8: FP8 linears, FP8 attention (CPU emulation here; the Triton kernel where CUDA is), wiring."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from cosmos_dist.attention.fp8 import _fp8_attention_reference, fp8_attention, fp8_attention_with_lse, quantize_heads
+from cosmos_dist.attention.local import attention_with_lse, sdpa_attention
+from cosmos_dist.models import build_dit, get_preset
+from cosmos_dist.models.fp8 import E4M3_MAX, Fp8Linear, convert_blocks_to_fp8, quantize_rows, set_fp8_enabled
+from cosmos_dist.parallel.testing import init_gloo, rel_err, spawn_ranks
+
+CUDA_FP8 = torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)
+
+
+def test_quantize_rows_is_e4m3_with_row_scales():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 64, generator=g) * torch.tensor([1e-3, 1.0, 30.0, 1e3, 0.0])[:, None]
+    q, s = quantize_rows(x)
+    assert q.dtype == torch.float8_e4m3fn and s.shape == (5, 1)
+    back = q.float() * s
+    # Each non-zero row's largest magnitude maps to 448 and survives; e4m3 keeps 3 mantissa bits.
+    for i in range(4):
+        assert q[i].float().abs().max().item() == E4M3_MAX
+        big = x[i].abs() > x[i].abs().max() / 64  # normal range of e4m3 relative to the row max
+        assert ((back[i] - x[i]).abs()[big] <= x[i].abs()[big] * 2**-4 + 1e-12).all()
+    assert torch.equal(back[4], torch.zeros(64))
+
+
+def test_fp8_linear_error_band_and_high_precision_switch():
+    g = torch.Generator().manual_seed(1)
+    lin = torch.nn.Linear(128, 64, bias=False)
+    torch.nn.init.normal_(lin.weight, std=0.05, generator=g)
+    x = torch.randn(3, 7, 128, generator=g)
+    ref = lin(x)
+    f8 = Fp8Linear(lin, keep_high_precision=True)
+    out = f8(x)
+    err = rel_err(out, ref)
+    assert out.shape == ref.shape and 1e-3 < err < 6e-2, err  # quantised, yet close
+    set_fp8_enabled(f8, False)
+    assert torch.equal(f8(x), ref)
+    with pytest.raises(RuntimeError, match="keep_high_precision"):
+        g2 = Fp8Linear(lin)
+        g2.fp8_enabled = False
+        g2(x)
+    with pytest.raises(ValueError, match="without bias"):
+        Fp8Linear(torch.nn.Linear(16, 16))
+
+
+def test_convert_blocks_leaves_modulation_and_matches_closely():
+    cfg = get_preset("tiny_text2world")
+    torch.manual_seed(0)
+    net = build_dit(cfg, device="cpu", dtype=torch.float32)
+    x = torch.randn(1, cfg.latent_channels, 2, 8, 8)
+    emb = torch.randn(1, 12, cfg.crossattn_emb_channels)
+    t = torch.tensor([0.3])
+    with torch.no_grad():
+        ref = net(x, t, emb, fps=torch.tensor([24.0]))
+        n = convert_blocks_to_fp8(net, keep_high_precision=True)
+        out = net(x, t, emb, fps=torch.tensor([24.0]))
+        set_fp8_enabled(net, False)
+        back = net(x, t, emb, fps=torch.tensor([24.0]))
+    assert n == 10 * cfg.num_blocks  # per block: fa q/k/v/out, ca q/k/v/out, mlp layer1/layer2
+    for block in net.blocks.values():
+        for sub in block.blocks:
+            assert all(not isinstance(m, Fp8Linear) for m in sub.adaLN_modulation)
+    assert 1e-4 < rel_err(out, ref) < 0.1
+    assert torch.equal(back, ref)
+
+
+def _peaked_qkv(b, lq, lk, h, d, seed):
+    """Scores with a realistic spread (RMS-normed q/k as in the DiT, times a head-dependent gain)."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.nn.functional.normalize(torch.randn(b, lq, h, d, generator=g), dim=-1) * math.sqrt(d) * 1.5
+    k = torch.nn.functional.normalize(torch.randn(b, lk, h, d, generator=g), dim=-1) * math.sqrt(d)
+    v = torch.randn(b, lk, h, d, generator=g)
+    return q, k, v
+
+
+def test_fp8_attention_reference_error_band_and_lse():
+    q, k, v = _peaked_qkv(2, 96, 80, 3, 64, 0)
+    ref, ref_lse = attention_with_lse(q, k, v)
+    out, lse = fp8_attention_with_lse(q, k, v)
+    assert out.shape == q.shape and lse.shape == (2, 3, 96)
+    assert 1e-3 < rel_err(out, ref) < 0.08
+    assert (lse - ref_lse).abs().max() < 0.1
+    assert torch.equal(fp8_attention(q, k, v), out)
+
+
+def test_quantize_heads_scales_per_batch_and_head():
+    x = torch.ones(2, 5, 3, 4) * torch.tensor([1.0, 10.0, 100.0])[None, None, :, None]
+    x[1] *= 2
+    q, s = quantize_heads(x)
+    assert s.shape == (2, 3)
+    assert torch.allclose(s[0], torch.tensor([1.0, 10.0, 100.0]) / E4M3_MAX)
+    assert torch.allclose(s[1], 2 * s[0])
+
+
+@pytest.mark.skipif(not CUDA_FP8, reason="needs a CUDA GPU with FP8 tensor cores (sm_89+) and Triton")
+def test_triton_kernel_matches_emulation_on_gpu():
+    pytest.importorskip("triton")
+    for lq, lk in ((1000, 1000), (333, 517)):
+        q, k, v = (t.cuda().bfloat16() for t in _peaked_qkv(1, lq, lk, 4, 128, lq))
+        out, lse = fp8_attention_with_lse(q, k, v)
+        emu, emu_lse = _fp8_attention_reference(q, k, v)
+        exact = sdpa_attention(q.float(), k.float(), v.float())
+        assert rel_err(out.float(), emu.float()) < 3e-2
+        assert rel_err(out.float(), exact) < 8e-2
+        assert (lse - emu_lse).abs().max() < 1e-2
+
+
+def _ulysses_fp8_worker(rank: int, world: int):
+    from cosmos_dist.attention.context_parallel import make_self_attention
+    from cosmos_dist.parallel.sharding import token_ranges
+
+    init_gloo(rank, world)
+    try:
+        group = dist.new_group(list(range(world)))
+        q, k, v = _peaked_qkv(1, 30, 30, 4, 32, 7)
+        ranges = token_ranges(30, world)
+        s, e = ranges[rank]
+        ref = fp8_attention(q, k, v)
+        # Ulysses hands each rank whole heads over the whole sequence: the per-(batch, head) FP8
+        # scales are the single-process ones, so the results agree to float32 rounding.
+        attn = make_self_attention("ulysses", group, ranges, local=fp8_attention)
+        assert rel_err(attn(q[:, s:e], k[:, s:e], v[:, s:e]), ref[:, s:e]) <= 1e-6
+        # Ring quantises each key block on its own: not equal to single-process FP8, but as close to
+        # exact attention as it is.
+        ring = make_self_attention("ring", group, ranges, lse_kernel=fp8_attention_with_lse)
+        r = ring(q[:, s:e], k[:, s:e], v[:, s:e])
+        exact = sdpa_attention(q, k, v)[:, s:e]
+        assert rel_err(r, exact) < 1.3 * rel_err(ref[:, s:e], exact) + 1e-3
+    finally:
+        dist.destroy_process_group()
+
+
+def test_fp8_attention_under_ulysses_and_ring_gloo():
+    spawn_ranks(_ulysses_fp8_worker, 2)
+
+
+def test_pipeline_precision_fp8_with_high_precision_steps_and_offload(tmp_path, monkeypatch):
+    """precision=fp8 through the real pipeline (tiny model, CPU emulation), with the DiT offloaded:
+    the sidecar records it, the latent is near the float32 one but not equal, and with every step in
+    high precision it equals the float32 latent exactly."""
+    import json
+
+    from pipeline_helpers import Recorder, recording_pipeline, small_cfg
+
+    from cosmos_dist.config import validate_config
+    from cosmos_dist.errors import ConfigError
+
+    ckpt = tmp_path / "ckpt"
+    latents = {}
+    runs = {"fp32": (), "fp8": ("precision=fp8",), "fp8_all_hp": ("precision=fp8", "precision.fp8_high_precision_steps=1")}
+    for name, extra in runs.items():
+        out = tmp_path / name
+        cfg = small_cfg(ckpt, out, "prompt=a red ball", "name=s", "save_latents=true", "offload=dit", *extra)
+        summary = recording_pipeline(cfg, Recorder(), monkeypatch).run()
+        assert summary.done == ["s"] and not summary.failed
+        latents[name] = torch.load(out / "s.latent.pt")
+        side = json.loads((out / "s.json").read_text())
+        if name != "fp32":
+            assert side["precision"]["dit_fp8"]["linear"] and side["precision"]["dit_fp8"]["attention"]
+    assert 1e-4 < rel_err(latents["fp8"], latents["fp32"]) < 0.2
+    assert torch.equal(latents["fp8_all_hp"], latents["fp32"])  # 2 steps, first 1 + last 1 in high precision
+
+    bad = small_cfg(ckpt, tmp_path / "x", "prompt=x", "precision=fp8", "precision.dit_dtype=float32")
+    with pytest.raises(ConfigError, match="precision.dit_dtype"):
+        validate_config(bad)
