@@ -170,3 +170,17 @@ def test_pipeline_precision_fp8_with_high_precision_steps_and_offload(tmp_path, 
     bad = small_cfg(ckpt, tmp_path / "x", "prompt=x", "precision=fp8", "precision.dit_dtype=float32")
     with pytest.raises(ConfigError, match="precision.dit_dtype"):
         validate_config(bad)
+
+
+@pytest.mark.skipif(not CUDA_FP8, reason="needs a CUDA GPU with FP8 tensor cores (sm_89+)")
+def test_fp8_linear_on_gpu_matches_its_emulation():
+    g = torch.Generator().manual_seed(2)
+    lin = torch.nn.Linear(256, 128, bias=False)
+    torch.nn.init.normal_(lin.weight, std=0.05, generator=g)
+    x = torch.randn(64, 256, generator=g)
+    f8 = Fp8Linear(lin.cuda().bfloat16())
+    assert all(t.device.type == "cuda" for t in [*f8.buffers()])
+    out = f8(x.cuda().bfloat16()).float().cpu()
+    xq, xs = quantize_rows(x.cuda().bfloat16())
+    emu = (xq.float() * xs) @ (f8.weight_fp8.float() * f8.weight_scale.t()).t()
+    assert rel_err(out, emu.cpu()) < 1e-2  # bf16 output rounding only

@@ -55,13 +55,14 @@ def _build_kernel():
         so_b, so_l, so_h,
         H, LQ, LK, sm_scale,
         D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PS: tl.constexpr,
+        EVEN_N: tl.constexpr, WS: tl.constexpr,
     ):
         pid_m = tl.program_id(0)
         bh = tl.program_id(1)
         b = bh // H
         h = bh % H
         descale_qk = tl.load(QS + bh) * tl.load(KS + bh)
-        qk_scale = sm_scale * descale_qk * 1.4426950408889634
+        qk_scale = sm_scale * descale_qk * 1.4426950408889634  # scores in base 2
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_n = tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, D)
@@ -72,17 +73,22 @@ def _build_kernel():
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, D], tl.float32)
-        for start in tl.range(0, LK, BLOCK_N):
-            valid = (start + offs_n) < LK
-            kt = tl.load(k_base + start * sk_l, mask=valid[None, :], other=0.0)
-            s = tl.dot(q, kt) * qk_scale
-            s = tl.where(valid[None, :], s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            p = tl.math.exp2(s - m_new[:, None])
+        for start in tl.range(0, LK, BLOCK_N, warp_specialize=WS):
+            if EVEN_N:  # no tail: skip the masks (the 7B / 14B sequence lengths are multiples of 128)
+                kt = tl.load(k_base + start * sk_l)
+                vt = tl.load(v_base + start)
+                s = tl.dot(q, kt)
+            else:
+                valid = (start + offs_n) < LK
+                kt = tl.load(k_base + start * sk_l, mask=valid[None, :], other=0.0)
+                vt = tl.load(v_base + start, mask=valid[None, :], other=0.0)
+                s = tl.where(valid[None, :], tl.dot(q, kt), float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+            p = tl.math.exp2(s * qk_scale - m_new[:, None])  # one FMA per score
+            l_new = tl.sum(p, 1)
             alpha = tl.math.exp2(m_i - m_new)
-            l_i = l_i * alpha + tl.sum(p, 1)
+            l_i = l_i * alpha + l_new
             acc = acc * alpha[:, None]
-            vt = tl.load(v_base + start, mask=valid[None, :], other=0.0)
             acc = tl.dot((p * PS).to(vt.dtype), tl.trans(vt), acc)
             m_i = m_new
         descale_v = tl.load(VS + bh) / PS
@@ -105,7 +111,8 @@ def triton_available(device: torch.device) -> bool:
     return True
 
 
-def _launch(q8, k8, vt8, qs, ks, vs, out_dtype, block_m=None, block_n=None, num_warps=None, num_stages=None):
+def _launch(q8, k8, vt8, qs, ks, vs, out_dtype, block_m=None, block_n=None, num_warps=None, num_stages=None,
+            warp_specialize=False):
     global _KERNEL
     if _KERNEL is None:
         _KERNEL = _build_kernel()
@@ -124,7 +131,8 @@ def _launch(q8, k8, vt8, qs, ks, vs, out_dtype, block_m=None, block_n=None, num_
         vt8.stride(0), vt8.stride(1), vt8.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
         h, lq, lk, 1.0 / math.sqrt(d),
-        D=d, BLOCK_M=block_m, BLOCK_N=block_n, PS=P_SCALE, num_warps=num_warps, num_stages=num_stages,
+        D=d, BLOCK_M=block_m, BLOCK_N=block_n, PS=P_SCALE, EVEN_N=lk % block_n == 0, WS=warp_specialize,
+        num_warps=num_warps, num_stages=num_stages,
     )
     return out, lse
 
