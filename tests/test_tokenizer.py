@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from cosmos_dist.errors import CheckpointError, InputError
+from cosmos_dist.tokenizer.cv8x8x8 import CV8x8x8Decoder
 from cosmos_dist.tokenizer import (
     TOKENIZER_SUBDIR,
     VideoTokenizer,
@@ -68,6 +69,39 @@ def test_bf16_default(tok_dir):
     assert z.dtype == torch.bfloat16 and z.shape == (1, 16, 2, 8, 8)
     y = tk.decode(z)
     assert y.dtype == torch.bfloat16 and torch.isfinite(y.float()).all()
+    assert all(p.dtype == torch.bfloat16 for p in tk.decoder.parameters())
+
+
+def test_cv8x8x8_layout_decodes_through_our_module_streaming(tok_dir, tk32, caplog):
+    """The tiny decoder.jit has the real CV8x8x8 layout: its weights run in our module, streaming by default,
+    and every chunk size gives the TorchScript module's whole-clip numbers."""
+    assert isinstance(tk32.decoder, CV8x8x8Decoder) and tk32.decode_chunk_frames == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        jit = torch.jit.load(str(tok_dir / "decoder.jit")).eval()
+    assert set(jit.state_dict()) == set(tk32.decoder.state_dict())  # the original key names
+    lat = torch.randn(1, 16, 5, 4, 6, generator=torch.Generator().manual_seed(2))
+    mean, std = tk32._stats(5)
+    with torch.no_grad():
+        expect = jit(lat / 0.5 * std + mean)
+    for chunk in (0, 1, 2, 3):
+        tk32.decode_chunk_frames = chunk
+        got = tk32.decode(lat)
+        assert got.shape == (1, 3, 33, 32, 48)
+        assert float((got - expect).norm() / expect.norm()) <= 1e-5, chunk
+    tk32.decode_chunk_frames = 2
+    with caplog.at_level("INFO", logger="cosmos_dist"):
+        VideoTokenizer.from_dir(tok_dir, "cpu", torch.float32, load_encoder=False, decode_chunk_frames=0)
+    assert "CV8x8x8 layout" in caplog.text and "whole clip" in caplog.text
+
+
+def test_other_decoder_layouts_run_as_torchscript(tmp_path, caplog):
+    d = write_tiny_tokenizer(tmp_path / "simple", seed=0, decoder_layout="simple")
+    with caplog.at_level("INFO", logger="cosmos_dist"):
+        tk = VideoTokenizer.from_dir(d, "cpu", torch.float32, load_encoder=False)
+    assert isinstance(tk.decoder, torch.jit.ScriptModule)
+    assert "runs as TorchScript, whole clip" in caplog.text
+    assert tk.decode(torch.zeros(1, 16, 3, 2, 2)).shape == (1, 3, 17, 16, 16)
 
 
 def test_normalisation_matches_hand_computation(tok_dir, tk32):

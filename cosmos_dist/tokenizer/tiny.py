@@ -1,8 +1,13 @@
 """A tiny random causal video autoencoder, saved in the layout of Cosmos-Tokenize1-CV8x8x8-720p.
 
-It is NOT the real network (spec section 12); it only has the same contract, so the loader and the pipelines
-can be exercised on a CPU: TorchScript `encoder.jit` returning a tuple whose [0] is the latent, `decoder.jit`,
-and `mean_std.pt` holding `(mean, std)` with 16 channels x 16 latent frames.
+The encoder is NOT the real network (spec section 12); it only has the same contract, so the loader and the
+pipelines can be exercised on a CPU: TorchScript `encoder.jit` returning a tuple whose [0] is the latent,
+`decoder.jit`, and `mean_std.pt` holding `(mean, std)` with 16 channels x 16 latent frames.
+
+The decoder is, by default (`decoder_layout="cv8x8x8"`), the real CV8x8x8 architecture at channels 4/8
+(cosmos_dist/tokenizer/cv8x8x8.py, scripted, original key names), so the tokenizer loads it as our own module and
+the pipeline tests run the streaming decode; `decoder_layout="simple"` writes the small stand-in below instead,
+which the tokenizer can only run as TorchScript (the fallback path for other layouts).
 
 Causality: every temporal convolution pads time on the left by repeating the first frame; the first pixel frame
 is repeated 7 times before 8-frame groups are folded into channels, so latent frame 0 sees pixel frame 0 only and
@@ -10,6 +15,7 @@ latent frame t >= 1 sees pixel frames <= 8t. 8x8 spatial compression folds 8x8 p
 """
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
@@ -79,6 +85,43 @@ class TinyCausalDecoder(nn.Module):
         return self.conv_out(F.silu(h))
 
 
+#: Channels of the tiny CV8x8x8-layout decoder per resolution level (the real one: 256, 512, 512). Its conv_out
+#: alone has 3 x 4^3 = 192 channels, so the file is ~0.7 MB whatever these are.
+TINY_CV8X8X8_CHANNELS = (4, 8, 8)
+
+
+def tiny_cv8x8x8_decoder(latent_channels: int = 16, seed: int = 0) -> nn.Module:
+    """The real CV8x8x8 decoder structure with tiny channels and random weights (seeded)."""
+    from cosmos_dist.tokenizer.cv8x8x8 import CV8x8x8Decoder, DecoderSpec
+
+    g = torch.Generator().manual_seed(seed)
+    dec = CV8x8x8Decoder(DecoderSpec(z_channels=latent_channels, level_channels=TINY_CV8X8X8_CHANNELS)).eval()
+    with torch.no_grad():
+        for name, p in dec.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
+            else:  # fan-in scaled so the decoded pixels stay within a few units (not all clamped to -1 or 1)
+                fan_in = p[0].numel() if p.dim() > 1 else 1
+                p.copy_(torch.randn(p.shape, generator=g) * (0.5 / fan_in**0.5 if p.dim() > 1 else 0.02))
+    return dec
+
+
+# Scripting the CV8x8x8 module takes ~0.5 s; the tiny files are deterministic in their arguments, so a process
+# that writes many tiny checkpoints (the test suite) scripts each variant once.
+_SCRIPTED: dict[tuple, bytes] = {}
+
+
+def _scripted_bytes(key: tuple, build) -> bytes:
+    if key not in _SCRIPTED:
+        buf = io.BytesIO()
+        with warnings.catch_warnings():
+            # TorchScript is deprecated in recent torch, but it is the format of the released tokenizer files.
+            warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*torch.jit")
+            torch.jit.save(torch.jit.script(build()), buf)
+        _SCRIPTED[key] = buf.getvalue()
+    return _SCRIPTED[key]
+
+
 def write_tiny_tokenizer(
     path: str | os.PathLike,
     latent_channels: int = 16,
@@ -87,15 +130,20 @@ def write_tiny_tokenizer(
     latent_frames: int = 16,
     hidden: int = 4,
     width: int = 16,
+    decoder_layout: str = "cv8x8x8",
 ) -> Path:
-    """Write `encoder.jit`, `decoder.jit` and `mean_std.pt` of a tiny random causal tokenizer into `path`."""
+    """Write `encoder.jit`, `decoder.jit` and `mean_std.pt` of a tiny random causal tokenizer into `path`.
+
+    decoder_layout: "cv8x8x8" (the real decoder architecture, tiny; see the module docstring) or "simple"."""
+    if decoder_layout not in ("cv8x8x8", "simple"):
+        raise ValueError(f"decoder_layout must be 'cv8x8x8' or 'simple', not {decoder_layout!r}")
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     gen_state = torch.random.get_rng_state()
     try:
         torch.manual_seed(seed)
         enc = TinyCausalEncoder(latent_channels, hidden, width).eval()
-        dec = TinyCausalDecoder(latent_channels, hidden, width).eval()
+        simple_dec = TinyCausalDecoder(latent_channels, hidden, width).eval()  # built either way: same RNG stream
         g = torch.Generator().manual_seed(seed + 1)
         n = latent_channels * latent_frames
         mean = 0.1 * torch.randn(n, generator=g)
@@ -103,9 +151,12 @@ def write_tiny_tokenizer(
     finally:
         torch.random.set_rng_state(gen_state)
     with warnings.catch_warnings():
-        # TorchScript is deprecated in recent torch, but it is the format of the released tokenizer files.
         warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*torch.jit")
         torch.jit.script(enc).save(str(out / "encoder.jit"))
-        torch.jit.script(dec).save(str(out / "decoder.jit"))
+        if decoder_layout == "simple":
+            torch.jit.script(simple_dec).save(str(out / "decoder.jit"))
+    if decoder_layout == "cv8x8x8":
+        key = ("cv8x8x8", latent_channels, seed, TINY_CV8X8X8_CHANNELS)
+        (out / "decoder.jit").write_bytes(_scripted_bytes(key, lambda: tiny_cv8x8x8_decoder(latent_channels, seed)))
     torch.save((mean, std), str(out / "mean_std.pt"))
     return out

@@ -8,9 +8,17 @@ column per latent frame, per channel. The latent the DiT sees is
 
 and decoding inverts it. The tokenizer is causal: pixel frame 0 alone forms latent frame 0, then every 8 pixel
 frames form one latent frame, so F = 1 + 8k pixel frames give 1 + k latent frames (121 -> 16).
+
+Decoding: when `decoder.jit` holds the CV8x8x8 decoder (its state dict has that layout), its weights go into our
+own implementation (cosmos_dist/tokenizer/cv8x8x8.py), which decodes `decode_chunk_frames` latent frames at a
+time carrying the causal state between chunks: the same numbers as the whole clip (up to float rounding) at a
+fraction of the memory (the whole 121x704x1280 clip at once peaks at ~30 GB of GPU memory). 0 or None decodes
+the whole clip in one pass. Any other layout (a user's own tokenizer, the old tiny stand-in) runs as the
+TorchScript module, whole clip. The load log says which path is taken.
 """
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -19,6 +27,9 @@ import numpy as np
 import torch
 
 from cosmos_dist.errors import CheckpointError, InputError
+from cosmos_dist.tokenizer.cv8x8x8 import CV8x8x8Decoder
+
+log = logging.getLogger("cosmos_dist")
 
 #: Where the tokenizer lives under `checkpoint_dir` (spec 4.1; the reference ignores --tokenizer_dir).
 TOKENIZER_SUBDIR = "Cosmos-Tokenize1-CV8x8x8-720p"
@@ -26,6 +37,8 @@ SIGMA_DATA = 0.5
 TEMPORAL_COMPRESSION = 8
 SPATIAL_COMPRESSION = 8
 LATENT_CHANNELS = 16
+#: Latent frames per decoder chunk (config: precision.tokenizer_decode_chunk). 2 = 1 + 8 then 16 pixel frames.
+DEFAULT_DECODE_CHUNK_FRAMES = 2
 
 _DOWNLOAD_HINT = 'See the README\'s "Download checkpoints" section.'
 
@@ -82,6 +95,20 @@ def _load_jit(path: Path, device: torch.device, dtype: torch.dtype) -> torch.jit
     return module.to(dtype)
 
 
+def _native_decoder(jit: torch.nn.Module, path: Path, chunk_frames: int | None) -> torch.nn.Module:
+    """Our CV8x8x8Decoder holding the weights of `jit` (same device and dtype) when its state dict has that
+    layout, else `jit` itself. Logs which one decodes."""
+    try:
+        decoder = CV8x8x8Decoder.from_state_dict(jit.state_dict())
+    except ValueError as err:
+        log.info("video decoder: %s runs as TorchScript, whole clip (%s)", path.name, str(err).splitlines()[0])
+        return jit
+    how = f"streaming {chunk_frames} latent frames per chunk" if chunk_frames else "whole clip"
+    log.info("video decoder: %s has the CV8x8x8 layout (%.1fM parameters): own implementation, %s",
+             path.name, decoder.num_parameters() / 1e6, how)
+    return decoder
+
+
 def _load_mean_std(path: Path, latent_channels: int) -> tuple[torch.Tensor, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"video tokenizer statistics not found: {path}. {_DOWNLOAD_HINT}")
@@ -124,6 +151,7 @@ class VideoTokenizer:
         spatial_compression: int = SPATIAL_COMPRESSION,
         max_enc_batch: int = 8,
         max_dec_batch: int = 4,
+        decode_chunk_frames: int | None = DEFAULT_DECODE_CHUNK_FRAMES,
     ):
         self.encoder = encoder
         self.decoder = decoder
@@ -137,6 +165,8 @@ class VideoTokenizer:
         self.spatial_compression = int(spatial_compression)
         self.max_enc_batch = max(1, int(max_enc_batch))
         self.max_dec_batch = max(1, int(max_dec_batch))
+        # Used by our CV8x8x8 decoder only (a TorchScript decoder always decodes the whole clip); may be changed.
+        self.decode_chunk_frames = decode_chunk_frames
         self._stats_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
@@ -152,7 +182,8 @@ class VideoTokenizer:
         **kwargs,
     ) -> "VideoTokenizer":
         """Load `encoder.jit`, `decoder.jit` and `mean_std.pt` from the tokenizer directory (a checkpoint directory
-        holding `Cosmos-Tokenize1-CV8x8x8-720p/` is accepted too)."""
+        holding `Cosmos-Tokenize1-CV8x8x8-720p/` is accepted too). A decoder.jit in the CV8x8x8 layout decodes
+        through our own module (`decode_chunk_frames=` in kwargs, default 2); see the module docstring."""
         p = Path(path)
         if not (p / "mean_std.pt").exists() and (p / TOKENIZER_SUBDIR).is_dir():
             p = p / TOKENIZER_SUBDIR
@@ -164,7 +195,12 @@ class VideoTokenizer:
         device = torch.device(device)
         mean, std = _load_mean_std(p / "mean_std.pt", latent_channels)
         encoder = _load_jit(p / "encoder.jit", device, dtype) if load_encoder else None
-        decoder = _load_jit(p / "decoder.jit", device, dtype) if load_decoder else None
+        decoder = None
+        if load_decoder:
+            jit = _load_jit(p / "decoder.jit", device, dtype)
+            chunk = kwargs.get("decode_chunk_frames", DEFAULT_DECODE_CHUNK_FRAMES)
+            decoder = _native_decoder(jit, p / "decoder.jit", chunk)
+            del jit
         return cls(encoder, decoder, mean, std, device, dtype, **kwargs)
 
     # ------------------------------------------------------------------ helpers
@@ -249,6 +285,10 @@ class VideoTokenizer:
         z = (z / self.sigma_data) * std + mean
         outs = []
         for start in range(0, b, self.max_dec_batch):
-            out = self.decoder(z[start : start + self.max_dec_batch])
+            zb = z[start : start + self.max_dec_batch]
+            if isinstance(self.decoder, CV8x8x8Decoder):
+                out = self.decoder.decode(zb, self.decode_chunk_frames)
+            else:
+                out = self.decoder(zb)
             outs.append(out[0] if isinstance(out, (tuple, list)) else out)
         return torch.cat(outs) if len(outs) > 1 else outs[0]
