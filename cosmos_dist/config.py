@@ -49,6 +49,10 @@ class PrecisionConfig:
     dit_dtype: str = "auto"  # auto = bfloat16 on CUDA, float32 on the CPU | bfloat16 | float32
     text_encoder_dtype: str = "float32"  # the reference runs T5 in float32
     tokenizer_dtype: str = "auto"
+    # Latent frames the video decoder takes at a time (CV8x8x8 layout: our own decoder, causal in time, so chunks
+    # carrying the past give the whole clip's numbers): 2 = 1 + 8 then 16 pixel frames a chunk, a fraction of
+    # the ~30 GB a whole 121x704x1280 clip needs. 0 = the whole clip at once. See cosmos_dist/tokenizer/video.py.
+    tokenizer_decode_chunk: int = 2
     # torch.compile each transformer block (fuses norms, modulation, RoPE and gating: 8.5 -> 7.1 s
     # per guided 7B step on an H100). auto = on for CUDA, off on the CPU (compiling costs ~1 min).
     compile: str = "auto"
@@ -206,6 +210,9 @@ def validate_config(cfg: Any) -> None:
         v = getattr(cfg.precision, key)
         if v not in ("auto", "float32", "bfloat16", "float16"):
             bad(f"precision.{key}", f"{v!r}; choose auto, float32 or bfloat16")
+    if cfg.precision.tokenizer_decode_chunk < 0:
+        bad("precision.tokenizer_decode_chunk", f"{cfg.precision.tokenizer_decode_chunk} must be >= 0 (latent frames "
+            "per decoder chunk; 0 = the whole clip)")
     if str(cfg.precision.compile).lower() not in ("auto", "true", "false"):
         bad("precision.compile", f"{cfg.precision.compile!r}; choose auto, true or false")
     if cfg.precision.fp8_high_precision_steps < 0:

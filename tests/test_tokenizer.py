@@ -211,3 +211,23 @@ def test_frames_to_uint8_computes_in_bf16():
 def test_frames_to_uint8_rejects_batches():
     with pytest.raises(ValueError):
         frames_to_uint8(torch.zeros(2, 3, 1, 2, 2))
+
+
+def test_decode_chunk_setting_reaches_the_pipeline_tokenizer(tmp_path, monkeypatch):
+    """precision.tokenizer_decode_chunk (validated, >= 0) is what the pipeline's decoder streams with, also when the
+    tokenizer is offloaded (our module's weights move in and out like any model's)."""
+    from pipeline_helpers import Recorder, compose, recording_pipeline, small_cfg
+
+    from cosmos_dist.config import validate_config
+    from cosmos_dist.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="precision.tokenizer_decode_chunk"):
+        validate_config(compose("model=tiny_text2world", "prompt=x", "precision.tokenizer_decode_chunk=-1"))
+    cfg = small_cfg(tmp_path / "ckpt", tmp_path / "out", "prompt=a red ball", "offload=tokenizer",
+                    "precision.tokenizer_decode_chunk=1", "guardrail=off")
+    rec = Recorder()
+    pipe = recording_pipeline(cfg, rec, monkeypatch)
+    summary = pipe.run()
+    assert len(summary.done) == 1 and ("in", "tokenizer") in rec.events
+    tok = pipe.tokenizer.tokenizer
+    assert isinstance(tok.decoder, CV8x8x8Decoder) and tok.decode_chunk_frames == 1

@@ -74,7 +74,8 @@ def load_with_residency(pipe, assets) -> None:
         pipe.text.encoder.device = device  # inputs go to the run device; the weights come in for the stage
         res.register("text_encoder", [pipe.text.encoder.model])
 
-    pipe.tokenizer = stages.load_tokenizer(assets.tokenizer, device, pipe.tokenizer_dtype, layout)
+    pipe.tokenizer = stages.load_tokenizer(assets.tokenizer, device, pipe.tokenizer_dtype, layout,
+                                           decode_chunk_frames=int(cfg.precision.tokenizer_decode_chunk))
     tok = pipe.tokenizer.tokenizer
     res.register("tokenizer", [tok.encoder, tok.decoder])
 

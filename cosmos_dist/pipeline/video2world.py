@@ -211,7 +211,8 @@ class Video2WorldPipeline(Text2WorldPipeline):
             from cosmos_dist.tokenizer import VideoTokenizer
 
             self.tokenizer = stages.TokenizerStage(
-                VideoTokenizer.from_dir(assets.tokenizer, device=self.device, dtype=self.tokenizer_dtype, load_encoder=True)
+                VideoTokenizer.from_dir(assets.tokenizer, device=self.device, dtype=self.tokenizer_dtype, load_encoder=True,
+                                        decode_chunk_frames=int(self.cfg.precision.tokenizer_decode_chunk))
             )
 
     def input_spec(self, item) -> InputSpec:
