@@ -17,8 +17,11 @@ then the stages of one sample run in the pipeline's order and each stage's peak 
 Stand-ins (random weights, real sizes):
 * DiT: cosmos_dist.models.build_dit of the preset, bf16 (the pipeline's network);
 * T5-11B encoder: transformers T5EncoderModel with t5-11b's dimensions, float32 (as the reference);
-* tokenizer: diffusers' AutoencoderKLCosmos with the CV8x8x8 configuration (spec section 12; 105.65M parameters),
-  bf16, the whole 121-frame clip at once like the original; left out (and said so) when diffusers is missing;
+* tokenizer decoder: the pipeline's own CV8x8x8 decoder (cosmos_dist/tokenizer/cv8x8x8.py, 62.7M parameters) at
+  full size, random weights, bf16, decoding `--decode-chunk` latent frames at a time like the pipeline
+  (precision.tokenizer_decode_chunk; 0 = the whole 121-frame clip at once, the original's way);
+* tokenizer encoder (v2w): diffusers' AutoencoderKLCosmos encoder with the CV8x8x8 configuration (spec section 12;
+  42.9M parameters), bf16, the whole clip at once like the original; not measured (and said so) without diffusers;
 * upsampler: a Mistral-NeMo-12B-shaped MistralForCausalLM, bf16 (the Cosmos upsampler's family and size);
 * guardrails (`--guardrail aegis`, the model card's set): LlamaGuard-7B-shaped LlamaForCausalLM bf16 (Aegis),
   SigLIP-so400m SiglipModel float32, and a small convolutional stand-in for RetinaFace (its 27M weights are not
@@ -157,33 +160,21 @@ class GuardStandIn:
         return [m for m in (self.text, self.siglip, self.face) if m is not None]
 
 
-class DiffusersTokenizerModule(torch.nn.Module):
-    def __init__(self, ae, mode: str):
+class DiffusersEncoder(torch.nn.Module):
+    def __init__(self, ae):
         super().__init__()
-        self.ae, self.mode = ae, mode
+        self.ae = ae
 
     def forward(self, x):
-        if self.mode == "encode":
-            return self.ae.encode(x).latent_dist.mode()
-        return self.ae.decode(x).sample
+        return self.ae.encode(x).latent_dist.mode()
 
 
-def build_tokenizer(tiny: bool, device, dtype):
-    """(VideoTokenizer, description) or (None, why not)."""
-    from cosmos_dist.tokenizer import VideoTokenizer
-
-    if tiny:
-        import tempfile
-
-        from cosmos_dist.tokenizer import write_tiny_tokenizer
-
-        d = Path(tempfile.mkdtemp(prefix="measure-tok-"))
-        write_tiny_tokenizer(d, seed=0)
-        return VideoTokenizer.from_dir(d, device=device, dtype=dtype), "tiny CV8x8x8-layout TorchScript stand-in"
+def _diffusers_encoder(device, dtype):
+    """The CV8x8x8 encoder (+ quant_conv) of diffusers' AutoencoderKLCosmos, or None without diffusers."""
     try:
         from diffusers import AutoencoderKLCosmos
     except ImportError:
-        return None, "not measured: diffusers (AutoencoderKLCosmos, the CV8x8x8 architecture) is not installed"
+        return None
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
@@ -191,11 +182,43 @@ def build_tokenizer(tiny: bool, device, dtype):
             ae = AutoencoderKLCosmos()  # the CV8x8x8 defaults (spec section 12)
     finally:
         torch.set_default_dtype(previous)
-    ae = ae.eval().requires_grad_(False)
-    n = sum(p.numel() for p in ae.parameters())
-    tok = VideoTokenizer(DiffusersTokenizerModule(ae, "encode"), DiffusersTokenizerModule(ae, "decode"),
-                         torch.zeros(16, 16), torch.ones(16, 16), device=device, dtype=dtype)
-    return tok, f"diffusers AutoencoderKLCosmos, CV8x8x8 configuration, {n / 1e6:.2f}M parameters, random"
+    del ae.decoder, ae.post_quant_conv  # the pipeline decodes with its own module (below)
+    return DiffusersEncoder(ae.eval().requires_grad_(False))
+
+
+def build_tokenizer(tiny: bool, device, dtype, decode_chunk: int):
+    """(VideoTokenizer, description). Full size: our CV8x8x8 decoder (what the pipeline runs) with random weights."""
+    from cosmos_dist.tokenizer import VideoTokenizer
+    from cosmos_dist.tokenizer.cv8x8x8 import CV8x8x8Decoder
+
+    how = f"{decode_chunk} latent frames per chunk" if decode_chunk else "whole clip"
+    if tiny:
+        import tempfile
+
+        from cosmos_dist.tokenizer import write_tiny_tokenizer
+
+        d = Path(tempfile.mkdtemp(prefix="measure-tok-"))
+        write_tiny_tokenizer(d, seed=0)
+        tok = VideoTokenizer.from_dir(d, device=device, dtype=dtype, decode_chunk_frames=decode_chunk)
+        return tok, f"tiny CV8x8x8-layout TorchScript stand-in, decode {how}"
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            dec = CV8x8x8Decoder()
+    finally:
+        torch.set_default_dtype(previous)
+    with torch.no_grad():
+        for p in dec.parameters():
+            p.normal_(0, 0.02)
+    dec = dec.eval().requires_grad_(False)
+    enc = _diffusers_encoder(device, dtype)
+    tok = VideoTokenizer(enc, dec, torch.zeros(16, 16), torch.ones(16, 16), device=device, dtype=dtype,
+                         decode_chunk_frames=decode_chunk)
+    enc_note = ("diffusers AutoencoderKLCosmos encoder" if enc is not None
+                else "encoder not measured (diffusers, for AutoencoderKLCosmos, is not installed)")
+    return tok, (f"decoder: cosmos_dist CV8x8x8Decoder, {dec.num_parameters() / 1e6:.1f}M parameters, random, "
+                 f"decode {how}; {enc_note}")
 
 
 def build_dit(preset: str, device, compile_blocks: bool):
@@ -281,7 +304,7 @@ def run_sample(m, res, meter: Meter, args, kind: str, preset_cfg) -> None:
         from cosmos_dist.pipeline.video2world import Video2WorldCondition
 
         def encode():
-            if m.tokenizer is None:
+            if m.tokenizer is None or m.tokenizer.encoder is None:
                 return torch.zeros(shape, device=dev)
             with uses(res, "tokenizer"):
                 clip = torch.zeros(1, 3, preset_cfg.run.num_frames, preset_cfg.run.height, preset_cfg.run.width)
@@ -417,6 +440,8 @@ def main(argv=None) -> int:
     ap.add_argument("--upsampler-tokens", type=int, default=32)
     ap.add_argument("--guard-prompt-tokens", type=int, default=768)
     ap.add_argument("--guard-tokens", type=int, default=8)
+    ap.add_argument("--decode-chunk", type=int, default=2,
+                    help="latent frames per tokenizer decode chunk (precision.tokenizer_decode_chunk); 0 = whole clip")
     ap.add_argument("--tiny", action="store_true", help="tiny models at 17x32x48 (CPU test of this script)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--output", default=None)
@@ -457,10 +482,10 @@ def main(argv=None) -> int:
     m.t5 = build_t5(args.tiny, build_dev)
     to_store("text_encoder", [m.t5], store, pin)
     tok_dtype = torch.bfloat16 if pin else torch.float32
-    m.tokenizer, tok_note = build_tokenizer(args.tiny, build_dev, tok_dtype)
-    if m.tokenizer is not None:
-        to_store("tokenizer", [m.tokenizer.encoder, m.tokenizer.decoder], store, pin)
+    m.tokenizer, tok_note = build_tokenizer(args.tiny, build_dev, tok_dtype, args.decode_chunk)
+    to_store("tokenizer", [m.tokenizer.encoder, m.tokenizer.decoder], store, pin)  # a None encoder is skipped
     report["tokenizer"] = tok_note
+    report["tokenizer_decode_chunk"] = args.decode_chunk
     log("tokenizer:", tok_note)
 
     class TokWrap:  # VideoTokenizer + the pipeline's uint8 conversion
