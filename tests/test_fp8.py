@@ -157,7 +157,7 @@ def test_pipeline_precision_fp8_with_high_precision_steps_and_offload(tmp_path, 
     runs = {"fp32": (), "fp8": ("precision=fp8",), "fp8_all_hp": ("precision=fp8", "precision.fp8_high_precision_steps=1")}
     for name, extra in runs.items():
         out = tmp_path / name
-        cfg = small_cfg(ckpt, out, "prompt=a red ball", "name=s", "save_latents=true", "offload=dit", *extra)
+        cfg = small_cfg(ckpt, out, "prompt=a red ball", "name=s", "save_latents=true", "offload=dit", "device=cpu", *extra)
         summary = recording_pipeline(cfg, Recorder(), monkeypatch).run()
         assert summary.done == ["s"] and not summary.failed
         latents[name] = torch.load(out / "s.latent.pt")

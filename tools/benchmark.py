@@ -270,6 +270,12 @@ def profile_shares(fn, device) -> dict:
     }
 
 
+def save_partial(result, args) -> None:
+    """Write what is measured so far: a run cut short (a time limit) still leaves its numbers."""
+    if args.output:
+        Path(args.output).write_text(json.dumps(result, indent=2))
+
+
 def time_modes(fns, modes, label, result, args, timer, flops, device) -> None:
     entry_all = result["ours"].setdefault(label, {})
     for mode in modes:
@@ -282,6 +288,7 @@ def time_modes(fns, modes, label, result, args, timer, flops, device) -> None:
         if device.type == "cuda":
             entry["peak_gb"] = round(torch.cuda.max_memory_allocated(device) / 1e9, 2)
         entry_all[mode] = entry
+        save_partial(result, args)
         print(f"{label} {mode:10s} {med:8.3f} s/step  {entry['tflops']:7.1f} TFLOP/s  peak {entry.get('peak_gb', '-')} GB", flush=True)
 
 
@@ -308,6 +315,7 @@ def run_fp8(net, cfg, grid_latent, modes, result, args, timer, flops, device) ->
         result["fp8"]["quality"] = [
             fp8_quality(net, cfg, device, args.fp8_quality_steps, grid, v) for v in ("linear", "linear+attention")
         ]
+        save_partial(result, args)
         for q in result["fp8"]["quality"]:
             print(f"fp8[{q['variant']}] quality: per-step rel err median {q['per_step_rel_err_median']} max "
                   f"{q['per_step_rel_err_max']}, final latent rel err {q['final_latent_rel_err']}", flush=True)

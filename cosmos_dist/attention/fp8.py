@@ -47,7 +47,7 @@ def _build_kernel():
     import triton.language as tl
 
     @triton.jit
-    def fwd(
+    def fp8_attention_fwd_kernel(
         Q, K, VT, O, LSE, QS, KS, VS,
         sq_b, sq_l, sq_h,  # q/k strides (bshd, head_dim contiguous)
         sk_b, sk_l, sk_h,
@@ -98,7 +98,7 @@ def _build_kernel():
         lse = (m_i + tl.math.log2(l_i)) * 0.6931471805599453
         tl.store(LSE + bh * LQ + offs_m, lse, mask=offs_m < LQ)
 
-    return fwd
+    return fp8_attention_fwd_kernel
 
 
 def triton_available(device: torch.device) -> bool:
