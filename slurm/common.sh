@@ -134,6 +134,11 @@ finish_run() {
         # An array element's SLURM_JOB_ID can equal the array's id, and requeueing that id
         # requeues every element: name an element as <array job id>_<task id>.
         say "requeueing $job_ref to continue $tag"
+        # scontrol returns once slurmctld has requeued the job; the exit status of this run is not
+        # recorded after that, so exiting at once is safe. Slurm then holds the element for its
+        # credential lifetime (AuthInfo cred_expire, default 120 s; Reason=BeginTime). Do not cut
+        # that hold short (scontrol update StartTime=now / release): a relaunch within the same
+        # second as the requeue is refused by slurmd and the element ends FAILED (docs/SLURM.md).
         scontrol requeue "$job_ref" && exit 0
         say "scontrol requeue $job_ref failed: resubmit with tools/shard_status.py"
         exit 3

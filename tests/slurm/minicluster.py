@@ -45,11 +45,23 @@ class SlurmError(RuntimeError):
     pass
 
 
+class SlurmStartError(SlurmError):
+    """The cluster did not come up (a daemon exited or did not answer in time): an infrastructure
+    failure, which tests/slurm/run.sh may retry, unlike a failing test."""
+
+
 class MiniSlurm:
-    def __init__(self, root: str | os.PathLike, *, cpus: int | None = None, kill_wait: int = 5):
+    def __init__(self, root: str | os.PathLike, *, cpus: int | None = None, kill_wait: int = 5, cred_expire: int = 10):
         self.root = Path(root).resolve()
         self.cpus = cpus or os.cpu_count() or 1
         self.kill_wait = kill_wait
+        # Slurm holds a requeued batch job (Reason=BeginTime) for cred_expire + 1 s: long enough
+        # that its next launch credential is newer than the one slurmd revoked when the previous
+        # run was killed. The default (120 s) only makes the requeue tests slow; never skip the
+        # hold instead (`scontrol update StartTime=now`): slurmd compares the two times in whole
+        # seconds, so a relaunch in the same second as the requeue is refused ("Job N already
+        # killed, do not launch batch job") and the job ends FAILED. Slurm's minimum is 5.
+        self.cred_expire = cred_expire
         self.conf = self.root / "slurm.conf"
         self.munge_socket = self.root / "munge" / "munge.socket"
         self.procs: dict[str, subprocess.Popen] = {}
@@ -89,7 +101,7 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket={self.munge_socket}
+AuthInfo=socket={self.munge_socket},cred_expire={self.cred_expire}
 StateSaveLocation={r}/state
 SlurmdSpoolDir={r}/spool
 SlurmctldPidFile={r}/slurmctld.pid
@@ -151,11 +163,11 @@ PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
         while time.monotonic() < end:
             for name, p in self.procs.items():
                 if p.poll() is not None:
-                    raise SlurmError(f"{name} exited with code {p.returncode} while waiting for {what}:\n{self.logs()}")
+                    raise SlurmStartError(f"{name} exited with code {p.returncode} while waiting for {what}:\n{self.logs()}")
             if cond():
                 return
             time.sleep(0.2)
-        raise SlurmError(f"timed out after {timeout:.0f} s waiting for {what}:\n{self.logs()}")
+        raise SlurmStartError(f"timed out after {timeout:.0f} s waiting for {what}:\n{self.logs()}")
 
     # ---- use -------------------------------------------------------------------------------
     def run(self, argv: list[str], *, check: bool = True, cwd=None, env=None, timeout: float = 60) -> subprocess.CompletedProcess:
