@@ -300,7 +300,7 @@ def run_fp8(net, cfg, grid_latent, modes, result, args, timer, flops, device) ->
     result["fp8"] = {"converted_linears": n}
     for variant in ("linear", "linear+attention"):
         attn = fp8_modes(net, variant)
-        fns, _ = our_step_fns(net, grid_latent, device, net.dtype, attn)
+        fns = our_step_fns(net, grid_latent, device, net.dtype, attn)[0]
         time_modes(fns, modes, f"fp8[{variant}]", result, args, timer, flops, device)
         if args.profile and variant == "linear+attention":
             result["fp8"]["profile"] = profile_shares(fns[modes[-1]], device)
@@ -398,7 +398,7 @@ def main(argv=None) -> int:
         from cosmos_dist.attention import get_local_attention
 
         for backend in args.attention.split(","):
-            fns, _ = our_step_fns(net, grid_latent, device, dtype, get_local_attention(backend))
+            fns = our_step_fns(net, grid_latent, device, dtype, get_local_attention(backend))[0]
             time_modes(fns, modes, f"ours[{backend}]", result, args, timer, flops, device)
         if args.profile:
             result["ours"]["profile"] = profile_shares(fns[modes[0]], device)
