@@ -125,3 +125,17 @@ def test_failing_rank_ends_the_job_naming_it(tmp_path, ckpt):
     out = proc.stdout + proc.stderr
     assert "rank 1 failed" in out and "injected failure on purpose" in out, out[-3000:]
     assert not list((tmp_path / "out").glob("*.mp4"))
+
+
+def test_fp8_cp2_ulysses_equals_single_process_fp8(tmp_path, ckpt):
+    """precision=fp8 on token shards: row-wise FP8 scales of the linears are per token and ulysses gives
+    the FP8 attention whole heads, so the sharded run quantises exactly as the single process does."""
+    common = ["model=tiny_text2world", f"checkpoint_dir={ckpt}", "prompt=a kite over a beach", "precision=fp8", *FAST]
+    single = _run(tmp_path, 1, *common, "output_dir=single")
+    assert single.returncode == 0, single.stderr
+    par = _run(tmp_path, 2, *common, "output_dir=par", "parallel.cp_size=2", "parallel.cp_impl=ulysses")
+    assert par.returncode == 0, par.stderr
+    (lat,) = (tmp_path / "single").glob("*.latent.pt")
+    assert _rel(torch.load(tmp_path / "par" / lat.name), torch.load(lat)) <= 1e-4
+    side = json.loads((tmp_path / "par" / lat.name.replace(".latent.pt", ".json")).read_text())
+    assert side["precision"]["dit_fp8"] == {"linear": True, "attention": True, "high_precision_steps": 0}
