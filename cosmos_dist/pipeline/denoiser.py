@@ -58,7 +58,8 @@ class GuidedDenoiser:
 
     def _forward(self, x_net: torch.Tensor, c_noise: torch.Tensor, emb: torch.Tensor, extra: torch.Tensor):
         b = emb.shape[0]
-        attn = self.self_attention if self._high_precision is False or self.hp_self_attention is None else self.hp_self_attention
+        use_hp = self._high_precision and self.hp_self_attention is not None
+        attn = self.hp_self_attention if use_hp else self.self_attention
         tokens = torch.cat([x_net.expand(b, -1, -1), extra.to(x_net.dtype).expand(b, -1, -1)], dim=-1)
         return self.net.forward_tokens(
             tokens,
