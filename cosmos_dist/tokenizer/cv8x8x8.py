@@ -80,19 +80,39 @@ class DecoderSpec:
             )
 
 
+def without_constant_buffers(sd: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+    """`sd` without the Haar (un)patcher's constant buffers, which we recompute; ValueError if the stored wavelet
+    is not the Haar filter those computations assume (|1/sqrt2| taps)."""
+    params: Dict[str, Tensor] = {}
+    for key, value in sd.items():
+        if key.rsplit(".", 1)[-1] in _IGNORED_BUFFERS:
+            if key.endswith("wavelets") and not torch.allclose(
+                value.detach().float().cpu().abs(), torch.full_like(value.float().cpu(), 0.5**0.5)
+            ):
+                raise ValueError(f"{key} = {value.tolist()}: not the Haar wavelet")
+            continue
+        params[key] = value
+    return params
+
+
 class CausalConv3d(nn.Module):
     """Conv3d that pads time on the left (causal) and space with zeros; original `CausalConv3d` (child `conv3d`).
 
-    The left padding is `kernel_t - 1` copies of the clip's first frame; when streaming, a later chunk is padded
-    with the last `kernel_t - 1` frames of the previous chunk's padded input instead, taken from the cache.
+    The left padding is `kernel_t - stride_t` copies of the clip's first frame (the original's
+    `dilation * (kernel - 1) + (1 - stride)`); when streaming, a later chunk is padded instead with what the
+    previous chunk's padded input left unconsumed (the frames from the start of the next window on), kept in the
+    cache: for stride 1 the last `kernel_t - 1` frames; for the encoder's stride-2 3x1x1 conv the last frame.
     """
 
-    def __init__(self, cin: int, cout: int, kernel: Tuple[int, int, int], spatial_pad: int):
+    def __init__(self, cin: int, cout: int, kernel: Tuple[int, int, int], spatial_pad: int,
+                 stride: Tuple[int, int, int] = (1, 1, 1)):
         super().__init__()
-        self.time_pad = kernel[0] - 1
+        self.kernel_t = kernel[0]
+        self.stride_t = stride[0]
+        self.time_pad = kernel[0] - stride[0]
         # Zero padding in space is the conv's own (no padded copy of the input).
-        self.conv3d = nn.Conv3d(cin, cout, kernel, padding=(0, spatial_pad, spatial_pad))
-        self.key = ""  # cache key, set by CV8x8x8Decoder
+        self.conv3d = nn.Conv3d(cin, cout, kernel, stride=stride, padding=(0, spatial_pad, spatial_pad))
+        self.key = ""  # cache key, set by CV8x8x8Decoder / CV8x8x8Encoder
 
     def forward(self, x: Tensor, cache: Cache = None) -> Tensor:
         p = self.time_pad
@@ -103,7 +123,10 @@ class CausalConv3d(nn.Module):
                 left = x[:, :, :1].expand(-1, -1, p, -1, -1)
             x = torch.cat([left, x], dim=2)
             if cache is not None:
-                cache[self.key] = x[:, :, -p:].clone()  # clone: a view would keep the whole chunk alive
+                # Windows start every stride_t frames; what the last full window did not reach goes to the next
+                # chunk. clone: a view would keep the whole chunk alive.
+                used = ((x.shape[2] - self.kernel_t) // self.stride_t + 1) * self.stride_t
+                cache[self.key] = x[:, :, used:].clone()
         return self.conv3d(x)
 
 
@@ -431,15 +454,7 @@ class CV8x8x8Decoder(nn.Module):
         """Build (on the meta device, then take the given tensors) and load strictly; ValueError if the layout or
         any shape differs. The result lives where the tensors of `sd` live, in their dtype."""
         spec = cls.spec_from_state_dict(sd, **spec_kwargs)
-        params = {}
-        for key, value in sd.items():
-            if key.rsplit(".", 1)[-1] in _IGNORED_BUFFERS:
-                if key.endswith("wavelets") and not torch.allclose(
-                    value.detach().float().cpu().abs(), torch.full_like(value.float().cpu(), 0.5**0.5)
-                ):
-                    raise ValueError(f"{key} = {value.tolist()}: not the Haar wavelet")
-                continue
-            params[key] = value
+        params = without_constant_buffers(sd)
         with torch.device("meta"):
             model = cls(spec)
         try:
