@@ -53,6 +53,11 @@ class PrecisionConfig:
     # carrying the past give the whole clip's numbers): 2 = 1 + 8 then 16 pixel frames a chunk, a fraction of
     # the ~30 GB a whole 121x704x1280 clip needs. 0 = the whole clip at once. See cosmos_dist/tokenizer/video.py.
     tokenizer_decode_chunk: int = 2
+    # Latent frames' worth of pixel frames the video encoder takes at a time (Video2World's conditioning clip;
+    # CV8x8x8 layout: our own encoder, causal in time, so the chunks give the whole clip's latent): 2 = 1 + 16
+    # then 16 pixel frames a chunk. The whole 121x704x1280 clip at once is the v2w peak at full offload.
+    # 0 = the whole clip at once.
+    tokenizer_encode_chunk: int = 2
     # torch.compile each transformer block (fuses norms, modulation, RoPE and gating: 8.5 -> 7.1 s
     # per guided 7B step on an H100). auto = on for CUDA, off on the CPU (compiling costs ~1 min).
     compile: str = "auto"
@@ -213,6 +218,9 @@ def validate_config(cfg: Any) -> None:
     if cfg.precision.tokenizer_decode_chunk < 0:
         bad("precision.tokenizer_decode_chunk", f"{cfg.precision.tokenizer_decode_chunk} must be >= 0 (latent frames "
             "per decoder chunk; 0 = the whole clip)")
+    if cfg.precision.tokenizer_encode_chunk < 0:
+        bad("precision.tokenizer_encode_chunk", f"{cfg.precision.tokenizer_encode_chunk} must be >= 0 (latent frames' "
+            "worth of pixel frames per encoder chunk; 0 = the whole clip)")
     if str(cfg.precision.compile).lower() not in ("auto", "true", "false"):
         bad("precision.compile", f"{cfg.precision.compile!r}; choose auto, true or false")
     if cfg.precision.fp8_high_precision_steps < 0:

@@ -8,6 +8,7 @@ import torch
 
 from cosmos_dist.errors import CheckpointError, InputError
 from cosmos_dist.tokenizer.cv8x8x8 import CV8x8x8Decoder
+from cosmos_dist.tokenizer.cv8x8x8_encoder import CV8x8x8Encoder
 from cosmos_dist.tokenizer import (
     TOKENIZER_SUBDIR,
     VideoTokenizer,
@@ -93,6 +94,38 @@ def test_cv8x8x8_layout_decodes_through_our_module_streaming(tok_dir, tk32, capl
     with caplog.at_level("INFO", logger="cosmos_dist"):
         VideoTokenizer.from_dir(tok_dir, "cpu", torch.float32, load_encoder=False, decode_chunk_frames=0)
     assert "CV8x8x8 layout" in caplog.text and "whole clip" in caplog.text
+
+
+def test_cv8x8x8_layout_encodes_through_our_module_streaming(tok_dir, tk32, caplog):
+    """The tiny encoder.jit has the real CV8x8x8 layout: its weights run in our module, streaming by default, and
+    every chunk size gives the TorchScript module's whole-clip latent."""
+    assert isinstance(tk32.encoder, CV8x8x8Encoder) and tk32.encode_chunk_frames == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        jit = torch.jit.load(str(tok_dir / "encoder.jit")).eval()
+    assert set(jit.state_dict()) == set(tk32.encoder.state_dict())  # the original key names
+    x = _clip(41, h=16, w=24, seed=5)
+    mean, std = tk32._stats(6)
+    with torch.no_grad():
+        expect = 0.5 * (jit(x)[0] - mean) / std
+    for chunk in (0, 1, 2, 3):
+        tk32.encode_chunk_frames = chunk
+        got = tk32.encode(x)
+        assert got.shape == (1, 16, 6, 2, 3)
+        assert float((got - expect).norm() / expect.norm()) <= 1e-5, chunk
+    tk32.encode_chunk_frames = 2
+    with caplog.at_level("INFO", logger="cosmos_dist"):
+        VideoTokenizer.from_dir(tok_dir, "cpu", torch.float32, load_decoder=False, encode_chunk_frames=0)
+    assert "video encoder: encoder.jit has the CV8x8x8 layout" in caplog.text and "whole clip" in caplog.text
+
+
+def test_other_encoder_layouts_run_as_torchscript(tmp_path, caplog):
+    d = write_tiny_tokenizer(tmp_path / "simple-enc", seed=0, encoder_layout="simple")
+    with caplog.at_level("INFO", logger="cosmos_dist"):
+        tk = VideoTokenizer.from_dir(d, "cpu", torch.float32, load_decoder=False)
+    assert isinstance(tk.encoder, torch.jit.ScriptModule)
+    assert "video encoder: encoder.jit runs as TorchScript, whole clip" in caplog.text
+    assert tk.encode(_clip(17, h=16, w=16)).shape == (1, 16, 3, 2, 2)
 
 
 def test_other_decoder_layouts_run_as_torchscript(tmp_path, caplog):
@@ -223,6 +256,8 @@ def test_decode_chunk_setting_reaches_the_pipeline_tokenizer(tmp_path, monkeypat
 
     with pytest.raises(ConfigError, match="precision.tokenizer_decode_chunk"):
         validate_config(compose("model=tiny_text2world", "prompt=x", "precision.tokenizer_decode_chunk=-1"))
+    with pytest.raises(ConfigError, match="precision.tokenizer_encode_chunk"):
+        validate_config(compose("model=tiny_video2world", "prompt=x", "precision.tokenizer_encode_chunk=-1"))
     cfg = small_cfg(tmp_path / "ckpt", tmp_path / "out", "prompt=a red ball", "offload=tokenizer",
                     "precision.tokenizer_decode_chunk=1", "guardrail=off")
     rec = Recorder()

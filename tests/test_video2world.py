@@ -36,6 +36,7 @@ from cosmos_dist.pipeline.video2world import (
     condition_latent_frames,
 )
 from cosmos_dist.sampling import AUGMENT_STREAM, c_in, c_out, c_skip, fixed_noise, karras_sigmas
+from cosmos_dist.tokenizer.cv8x8x8_encoder import CV8x8x8Encoder
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -82,7 +83,9 @@ def assets_dir(tmp_path_factory) -> Path:
 def small_cfg(ckpt: Path, out: Path, *overrides: str):
     return compose(
         "model=tiny_video2world", f"checkpoint_dir={ckpt}", f"output_dir={out}", "height=32", "width=48",
-        "num_frames=17", "progress=false", *overrides,
+        "num_frames=17", "progress=false",
+        # 17 frames are 3 latent frames: chunks of 1 (9 + 8 pixel frames) so that the tiny CV8x8x8 encoder streams.
+        "precision.tokenizer_encode_chunk=1", *overrides,
     )
 
 
@@ -313,6 +316,8 @@ def test_conditioning_math_35_steps(ckpt, assets_dir, tmp_path, monkeypatch, num
 
     # gt is the tokenizer encoding of the last N input frames, first in a zero-padded clip.
     frames = read_visual_input(source).frames
+    tok = pipe.tokenizer.tokenizer
+    assert isinstance(tok.encoder, CV8x8x8Encoder) and tok.encode_chunk_frames == 1  # our streaming encode
     assert torch.equal(condition.gt, expected_gt(pipe, frames, num_input_frames))
     shape = stages.latent_shape(cfg)
     assert tuple(condition.gt.shape) == shape == (1, 16, 3, 4, 6)

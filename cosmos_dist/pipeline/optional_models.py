@@ -75,7 +75,8 @@ def load_with_residency(pipe, assets) -> None:
         res.register("text_encoder", [pipe.text.encoder.model])
 
     pipe.tokenizer = stages.load_tokenizer(assets.tokenizer, device, pipe.tokenizer_dtype, layout,
-                                           decode_chunk_frames=int(cfg.precision.tokenizer_decode_chunk))
+                                           decode_chunk_frames=int(cfg.precision.tokenizer_decode_chunk),
+                                           encode_chunk_frames=int(cfg.precision.tokenizer_encode_chunk))
     tok = pipe.tokenizer.tokenizer
     res.register("tokenizer", [tok.encoder, tok.decoder])
 

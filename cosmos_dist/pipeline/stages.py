@@ -114,12 +114,15 @@ class TokenizerStage:
         return frames_to_uint8(video[0])
 
 
-def load_tokenizer(path: Path, device, dtype, layout, decode_chunk_frames: int = 2) -> TokenizerStage:
-    """decode_chunk_frames: latent frames per decoder chunk (precision.tokenizer_decode_chunk; 0 = whole clip)."""
+def load_tokenizer(path: Path, device, dtype, layout, decode_chunk_frames: int = 2,
+                   encode_chunk_frames: int = 2) -> TokenizerStage:
+    """decode_chunk_frames: latent frames per decoder chunk (precision.tokenizer_decode_chunk); encode_chunk_frames:
+    latent frames' worth of pixels per encoder chunk (precision.tokenizer_encode_chunk); 0 = whole clip."""
     from cosmos_dist.tokenizer import VideoTokenizer
 
     return TokenizerStage(
-        VideoTokenizer.from_dir(path, device=device, dtype=dtype, decode_chunk_frames=decode_chunk_frames)
+        VideoTokenizer.from_dir(path, device=device, dtype=dtype, decode_chunk_frames=decode_chunk_frames,
+                                encode_chunk_frames=encode_chunk_frames)
     )
 
 

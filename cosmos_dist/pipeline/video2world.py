@@ -212,7 +212,8 @@ class Video2WorldPipeline(Text2WorldPipeline):
 
             self.tokenizer = stages.TokenizerStage(
                 VideoTokenizer.from_dir(assets.tokenizer, device=self.device, dtype=self.tokenizer_dtype, load_encoder=True,
-                                        decode_chunk_frames=int(self.cfg.precision.tokenizer_decode_chunk))
+                                        decode_chunk_frames=int(self.cfg.precision.tokenizer_decode_chunk),
+                                        encode_chunk_frames=int(self.cfg.precision.tokenizer_encode_chunk))
             )
 
     def input_spec(self, item) -> InputSpec:

@@ -126,6 +126,21 @@ class HaarPatcher(nn.Module):
         return x
 
 
+def _mean_of_pairs(x: Tensor, dims: List[int]) -> Tensor:
+    """Average pooling with window 2 and stride 2 along `dims` (a trailing odd element dropped, as avg_pool3d
+    does), by reshaping: avg_pool3d has no bfloat16 kernel on the CPU, and the tokenizer runs in bf16."""
+    shape: List[int] = []
+    for d in range(x.dim()):
+        n = x.shape[d]
+        if d in dims:
+            x = x.narrow(d, 0, n - n % 2)
+            shape += [n // 2, 2]
+        else:
+            shape.append(n)
+    reduce = [d + 1 + i for i, d in enumerate(sorted(dims))]  # the size-2 axes after the reshape
+    return x.reshape(shape).mean(reduce)
+
+
 class Downsample(nn.Module):
     """Original `CausalHybridDownsample3d`: spatial /2 (a stride-2 1x3x3 conv plus 2x2 average pooling, on the
     frame zero-padded by one row and column at the bottom/right), temporal /2 (the clip's first frame repeated
@@ -147,14 +162,14 @@ class Downsample(nn.Module):
         conv1 = self.conv1
         if conv1 is not None:
             x = F.pad(x, (0, 1, 0, 1, 0, 0))
-            x = conv1(x, cache).add_(F.avg_pool3d(x, (1, 2, 2), (1, 2, 2)))
+            x = conv1(x, cache).add_(_mean_of_pairs(x, [3, 4]))
         conv2 = self.conv2
         if conv2 is not None:
             if cache is None or self.key not in cache:  # this chunk starts the clip
                 x = torch.cat([x[:, :, :1], x], dim=2)
                 if cache is not None:
                     cache[self.key] = torch.zeros(0)
-            x = conv2(x, cache).add_(F.avg_pool3d(x, (2, 1, 1), (2, 1, 1)))
+            x = conv2(x, cache).add_(_mean_of_pairs(x, [2]))
         return self.conv3(x, cache)
 
 

@@ -1,15 +1,19 @@
 """A tiny random causal video autoencoder, saved in the layout of Cosmos-Tokenize1-CV8x8x8-720p.
 
-The encoder is NOT the real network (spec section 12); it only has the same contract, so the loader and the
-pipelines can be exercised on a CPU: TorchScript `encoder.jit` returning a tuple whose [0] is the latent,
+Files: TorchScript `encoder.jit` returning a tuple whose [0] is the latent (the original's contract),
 `decoder.jit`, and `mean_std.pt` holding `(mean, std)` with 16 channels x 16 latent frames.
+
+The encoder is, by default (`encoder_layout="cv8x8x8"`), the real CV8x8x8 encoder architecture at channels 4/8
+(cosmos_dist/tokenizer/cv8x8x8_encoder.py, scripted, original key names), so the tokenizer loads it as our own
+module and the Video2World tests run the streaming encode; `encoder_layout="simple"` writes the small stand-in
+below, NOT the real network, which the tokenizer can only run as TorchScript (the fallback path).
 
 The decoder is, by default (`decoder_layout="cv8x8x8"`), the real CV8x8x8 architecture at channels 4/8
 (cosmos_dist/tokenizer/cv8x8x8.py, scripted, original key names), so the tokenizer loads it as our own module and
 the pipeline tests run the streaming decode; `decoder_layout="simple"` writes the small stand-in below instead,
 which the tokenizer can only run as TorchScript (the fallback path for other layouts).
 
-Causality: every temporal convolution pads time on the left by repeating the first frame; the first pixel frame
+Causality of the simple stand-ins: every temporal convolution pads time on the left by repeating the first frame; the first pixel frame
 is repeated 7 times before 8-frame groups are folded into channels, so latent frame 0 sees pixel frame 0 only and
 latent frame t >= 1 sees pixel frames <= 8t. 8x8 spatial compression folds 8x8 pixel blocks into channels.
 """
@@ -24,6 +28,8 @@ from typing import Tuple
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from cosmos_dist.tokenizer.cv8x8x8_encoder import CV8x8x8Encoder, EncoderSpec
 
 
 class CausalConv3d(nn.Module):
@@ -106,6 +112,35 @@ def tiny_cv8x8x8_decoder(latent_channels: int = 16, seed: int = 0) -> nn.Module:
     return dec
 
 
+#: Channels of the tiny CV8x8x8-layout encoder: conv_in's output, then per level (the real one: 128; 256, 512, 512).
+TINY_CV8X8X8_ENCODER_CHANNELS = (4, (4, 8, 8))
+
+
+class _TupleOutputEncoder(CV8x8x8Encoder):
+    """Our encoder returning `(latent, latent)` from `forward`: the original encoder.jit returns a tuple whose [0]
+    is the latent (spec 4.3), and the tokenizer's TorchScript path relies on that. Same parameter names."""
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        z = self.quant_conv(self.encoder(x, None), None)
+        return z, z
+
+
+def tiny_cv8x8x8_encoder(latent_channels: int = 16, seed: int = 0, tuple_output: bool = False) -> nn.Module:
+    """The real CV8x8x8 encoder structure with tiny channels and random weights (seeded)."""
+    base, levels = TINY_CV8X8X8_ENCODER_CHANNELS
+    cls = _TupleOutputEncoder if tuple_output else CV8x8x8Encoder
+    g = torch.Generator().manual_seed(seed + 2)
+    enc = cls(EncoderSpec(z_channels=latent_channels, base_channels=base, level_channels=levels)).eval()
+    with torch.no_grad():
+        for name, p in enc.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
+            else:  # fan-in scaled: latents of order one
+                fan_in = p[0].numel() if p.dim() > 1 else 1
+                p.copy_(torch.randn(p.shape, generator=g) * (0.5 / fan_in**0.5 if p.dim() > 1 else 0.02))
+    return enc
+
+
 # Scripting the CV8x8x8 module takes ~0.5 s; the tiny files are deterministic in their arguments, so a process
 # that writes many tiny checkpoints (the test suite) scripts each variant once.
 _SCRIPTED: dict[tuple, bytes] = {}
@@ -131,12 +166,15 @@ def write_tiny_tokenizer(
     hidden: int = 4,
     width: int = 16,
     decoder_layout: str = "cv8x8x8",
+    encoder_layout: str = "cv8x8x8",
 ) -> Path:
     """Write `encoder.jit`, `decoder.jit` and `mean_std.pt` of a tiny random causal tokenizer into `path`.
 
-    decoder_layout: "cv8x8x8" (the real decoder architecture, tiny; see the module docstring) or "simple"."""
-    if decoder_layout not in ("cv8x8x8", "simple"):
-        raise ValueError(f"decoder_layout must be 'cv8x8x8' or 'simple', not {decoder_layout!r}")
+    decoder_layout, encoder_layout: "cv8x8x8" (the real architecture, tiny; see the module docstring) or
+    "simple"."""
+    for what, layout in (("decoder_layout", decoder_layout), ("encoder_layout", encoder_layout)):
+        if layout not in ("cv8x8x8", "simple"):
+            raise ValueError(f"{what} must be 'cv8x8x8' or 'simple', not {layout!r}")
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     gen_state = torch.random.get_rng_state()
@@ -152,11 +190,17 @@ def write_tiny_tokenizer(
         torch.random.set_rng_state(gen_state)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*torch.jit")
-        torch.jit.script(enc).save(str(out / "encoder.jit"))
+        if encoder_layout == "simple":
+            torch.jit.script(enc).save(str(out / "encoder.jit"))
         if decoder_layout == "simple":
             torch.jit.script(simple_dec).save(str(out / "decoder.jit"))
     if decoder_layout == "cv8x8x8":
         key = ("cv8x8x8", latent_channels, seed, TINY_CV8X8X8_CHANNELS)
         (out / "decoder.jit").write_bytes(_scripted_bytes(key, lambda: tiny_cv8x8x8_decoder(latent_channels, seed)))
+    if encoder_layout == "cv8x8x8":
+        key = ("cv8x8x8-encoder", latent_channels, seed, TINY_CV8X8X8_ENCODER_CHANNELS)
+        (out / "encoder.jit").write_bytes(
+            _scripted_bytes(key, lambda: tiny_cv8x8x8_encoder(latent_channels, seed, tuple_output=True))
+        )
     torch.save((mean, std), str(out / "mean_std.pt"))
     return out

@@ -15,6 +15,12 @@ time carrying the causal state between chunks: the same numbers as the whole cli
 fraction of the memory (the whole 121x704x1280 clip at once peaks at ~30 GB of GPU memory). 0 or None decodes
 the whole clip in one pass. Any other layout (a user's own tokenizer, the old tiny stand-in) runs as the
 TorchScript module, whole clip. The load log says which path is taken.
+
+Encoding, likewise: when `encoder.jit` holds the CV8x8x8 encoder, its weights go into our own implementation
+(cosmos_dist/tokenizer/cv8x8x8_encoder.py), which encodes `encode_chunk_frames` latent frames' worth of pixel
+frames at a time (1 + 8k first, then 8k) with the causal state carried between chunks: the whole clip's latent
+(up to float rounding) without the whole clip's activations (the v2w peak at full offload otherwise). 0 or None
+encodes the whole clip in one pass; other layouts run as the TorchScript module, whole clip.
 """
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ import torch
 
 from cosmos_dist.errors import CheckpointError, InputError
 from cosmos_dist.tokenizer.cv8x8x8 import CV8x8x8Decoder
+from cosmos_dist.tokenizer.cv8x8x8_encoder import CV8x8x8Encoder
 
 log = logging.getLogger("cosmos_dist")
 
@@ -39,6 +46,9 @@ SPATIAL_COMPRESSION = 8
 LATENT_CHANNELS = 16
 #: Latent frames per decoder chunk (config: precision.tokenizer_decode_chunk). 2 = 1 + 8 then 16 pixel frames.
 DEFAULT_DECODE_CHUNK_FRAMES = 2
+#: Latent frames' worth of pixel frames per encoder chunk (config: precision.tokenizer_encode_chunk): 2 = 17 then
+#: 16 pixel frames.
+DEFAULT_ENCODE_CHUNK_FRAMES = 2
 
 _DOWNLOAD_HINT = 'See the README\'s "Download checkpoints" section.'
 
@@ -109,6 +119,20 @@ def _native_decoder(jit: torch.nn.Module, path: Path, chunk_frames: int | None) 
     return decoder
 
 
+def _native_encoder(jit: torch.nn.Module, path: Path, chunk_frames: int | None) -> torch.nn.Module:
+    """Our CV8x8x8Encoder holding the weights of `jit` (same device and dtype) when its state dict has that
+    layout, else `jit` itself. Logs which one encodes."""
+    try:
+        encoder = CV8x8x8Encoder.from_state_dict(jit.state_dict())
+    except ValueError as err:
+        log.info("video encoder: %s runs as TorchScript, whole clip (%s)", path.name, str(err).splitlines()[0])
+        return jit
+    how = f"streaming {chunk_frames} latent frames' worth of pixels per chunk" if chunk_frames else "whole clip"
+    log.info("video encoder: %s has the CV8x8x8 layout (%.1fM parameters): own implementation, %s",
+             path.name, encoder.num_parameters() / 1e6, how)
+    return encoder
+
+
 def _load_mean_std(path: Path, latent_channels: int) -> tuple[torch.Tensor, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"video tokenizer statistics not found: {path}. {_DOWNLOAD_HINT}")
@@ -152,6 +176,7 @@ class VideoTokenizer:
         max_enc_batch: int = 8,
         max_dec_batch: int = 4,
         decode_chunk_frames: int | None = DEFAULT_DECODE_CHUNK_FRAMES,
+        encode_chunk_frames: int | None = DEFAULT_ENCODE_CHUNK_FRAMES,
     ):
         self.encoder = encoder
         self.decoder = decoder
@@ -167,6 +192,8 @@ class VideoTokenizer:
         self.max_dec_batch = max(1, int(max_dec_batch))
         # Used by our CV8x8x8 decoder only (a TorchScript decoder always decodes the whole clip); may be changed.
         self.decode_chunk_frames = decode_chunk_frames
+        # Used by our CV8x8x8 encoder only, likewise.
+        self.encode_chunk_frames = encode_chunk_frames
         self._stats_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
@@ -183,7 +210,8 @@ class VideoTokenizer:
     ) -> "VideoTokenizer":
         """Load `encoder.jit`, `decoder.jit` and `mean_std.pt` from the tokenizer directory (a checkpoint directory
         holding `Cosmos-Tokenize1-CV8x8x8-720p/` is accepted too). A decoder.jit in the CV8x8x8 layout decodes
-        through our own module (`decode_chunk_frames=` in kwargs, default 2); see the module docstring."""
+        through our own module (`decode_chunk_frames=` in kwargs, default 2), an encoder.jit in the CV8x8x8 layout
+        encodes through ours (`encode_chunk_frames=`, default 2); see the module docstring."""
         p = Path(path)
         if not (p / "mean_std.pt").exists() and (p / TOKENIZER_SUBDIR).is_dir():
             p = p / TOKENIZER_SUBDIR
@@ -194,7 +222,12 @@ class VideoTokenizer:
             )
         device = torch.device(device)
         mean, std = _load_mean_std(p / "mean_std.pt", latent_channels)
-        encoder = _load_jit(p / "encoder.jit", device, dtype) if load_encoder else None
+        encoder = None
+        if load_encoder:
+            jit = _load_jit(p / "encoder.jit", device, dtype)
+            chunk = kwargs.get("encode_chunk_frames", DEFAULT_ENCODE_CHUNK_FRAMES)
+            encoder = _native_encoder(jit, p / "encoder.jit", chunk)
+            del jit
         decoder = None
         if load_decoder:
             jit = _load_jit(p / "decoder.jit", device, dtype)
@@ -257,7 +290,11 @@ class VideoTokenizer:
         x = video.to(self.device, self.dtype)
         outs = []
         for start in range(0, b, self.max_enc_batch):
-            out = self.encoder(x[start : start + self.max_enc_batch])
+            xb = x[start : start + self.max_enc_batch]
+            if isinstance(self.encoder, CV8x8x8Encoder):
+                out = self.encoder.encode(xb, self.encode_chunk_frames)
+            else:
+                out = self.encoder(xb)
             z = out[0] if isinstance(out, (tuple, list)) else out
             expect = (min(self.max_enc_batch, b - start), c, t, hl, wl)
             if tuple(z.shape) != expect:
