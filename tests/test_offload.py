@@ -198,8 +198,10 @@ def test_measure_memory_tool_runs_tiny_on_the_cpu(tmp_path):
     spec.loader.exec_module(tool)
     out = tmp_path / "m.json"
     assert tool.main(["--tiny", "--kinds", "t2w,v2w", "--levels", "none,text_encoder,dit", "--steps", "1",
-                      "--guard-prompt-tokens", "16", "--upsampler-tokens", "2", "--output", str(out)]) == 0
+                      "--guard-prompt-tokens", "16", "--upsampler-tokens", "2", "--encode-chunk", "1",
+                      "--output", str(out)]) == 0
     rep = json.loads(out.read_text())
+    assert rep["tokenizer_encode_chunk"] == 1 and "encode 1 latent frames' worth per chunk" in rep["tokenizer"]
     for kind in ("t2w", "v2w"):
         levels = rep["kinds"][kind]["levels"]
         assert set(levels) == {"none", "text_encoder", "dit"}

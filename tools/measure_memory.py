@@ -20,8 +20,10 @@ Stand-ins (random weights, real sizes):
 * tokenizer decoder: the pipeline's own CV8x8x8 decoder (cosmos_dist/tokenizer/cv8x8x8.py, 62.7M parameters) at
   full size, random weights, bf16, decoding `--decode-chunk` latent frames at a time like the pipeline
   (precision.tokenizer_decode_chunk; 0 = the whole 121-frame clip at once, the original's way);
-* tokenizer encoder (v2w): diffusers' AutoencoderKLCosmos encoder with the CV8x8x8 configuration (spec section 12;
-  42.9M parameters), bf16, the whole clip at once like the original; not measured (and said so) without diffusers;
+* tokenizer encoder (v2w): the pipeline's own CV8x8x8 encoder (cosmos_dist/tokenizer/cv8x8x8_encoder.py, 42.9M
+  parameters) at full size, random weights, bf16, encoding `--encode-chunk` latent frames' worth of pixel frames
+  at a time like the pipeline (precision.tokenizer_encode_chunk; 0 = the whole 121-frame clip at once, the
+  original's way);
 * upsampler: a Mistral-NeMo-12B-shaped MistralForCausalLM, bf16 (the Cosmos upsampler's family and size);
 * guardrails (`--guardrail aegis`, the model card's set): LlamaGuard-7B-shaped LlamaForCausalLM bf16 (Aegis),
   SigLIP-so400m SiglipModel float32, and a small convolutional stand-in for RetinaFace (its 27M weights are not
@@ -160,38 +162,15 @@ class GuardStandIn:
         return [m for m in (self.text, self.siglip, self.face) if m is not None]
 
 
-class DiffusersEncoder(torch.nn.Module):
-    def __init__(self, ae):
-        super().__init__()
-        self.ae = ae
-
-    def forward(self, x):
-        return self.ae.encode(x).latent_dist.mode()
-
-
-def _diffusers_encoder(device, dtype):
-    """The CV8x8x8 encoder (+ quant_conv) of diffusers' AutoencoderKLCosmos, or None without diffusers."""
-    try:
-        from diffusers import AutoencoderKLCosmos
-    except ImportError:
-        return None
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            ae = AutoencoderKLCosmos()  # the CV8x8x8 defaults (spec section 12)
-    finally:
-        torch.set_default_dtype(previous)
-    del ae.decoder, ae.post_quant_conv  # the pipeline decodes with its own module (below)
-    return DiffusersEncoder(ae.eval().requires_grad_(False))
-
-
-def build_tokenizer(tiny: bool, device, dtype, decode_chunk: int):
-    """(VideoTokenizer, description). Full size: our CV8x8x8 decoder (what the pipeline runs) with random weights."""
+def build_tokenizer(tiny: bool, device, dtype, decode_chunk: int, encode_chunk: int = 2):
+    """(VideoTokenizer, description). Full size: our CV8x8x8 encoder and decoder (what the pipeline runs) with
+    random weights."""
     from cosmos_dist.tokenizer import VideoTokenizer
     from cosmos_dist.tokenizer.cv8x8x8 import CV8x8x8Decoder
+    from cosmos_dist.tokenizer.cv8x8x8_encoder import CV8x8x8Encoder
 
     how = f"{decode_chunk} latent frames per chunk" if decode_chunk else "whole clip"
+    enc_how = f"{encode_chunk} latent frames' worth per chunk" if encode_chunk else "whole clip"
     if tiny:
         import tempfile
 
@@ -199,26 +178,27 @@ def build_tokenizer(tiny: bool, device, dtype, decode_chunk: int):
 
         d = Path(tempfile.mkdtemp(prefix="measure-tok-"))
         write_tiny_tokenizer(d, seed=0)
-        tok = VideoTokenizer.from_dir(d, device=device, dtype=dtype, decode_chunk_frames=decode_chunk)
-        return tok, f"tiny CV8x8x8-layout TorchScript stand-in, decode {how}"
+        tok = VideoTokenizer.from_dir(d, device=device, dtype=dtype, decode_chunk_frames=decode_chunk,
+                                      encode_chunk_frames=encode_chunk)
+        return tok, f"tiny CV8x8x8-layout TorchScript stand-in, encode {enc_how}, decode {how}"
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
             dec = CV8x8x8Decoder()
+            enc = CV8x8x8Encoder()
     finally:
         torch.set_default_dtype(previous)
     with torch.no_grad():
-        for p in dec.parameters():
+        for p in [*dec.parameters(), *enc.parameters()]:
             p.normal_(0, 0.02)
     dec = dec.eval().requires_grad_(False)
-    enc = _diffusers_encoder(device, dtype)
+    enc = enc.eval().requires_grad_(False)
     tok = VideoTokenizer(enc, dec, torch.zeros(16, 16), torch.ones(16, 16), device=device, dtype=dtype,
-                         decode_chunk_frames=decode_chunk)
-    enc_note = ("diffusers AutoencoderKLCosmos encoder" if enc is not None
-                else "encoder not measured (diffusers, for AutoencoderKLCosmos, is not installed)")
+                         decode_chunk_frames=decode_chunk, encode_chunk_frames=encode_chunk)
     return tok, (f"decoder: cosmos_dist CV8x8x8Decoder, {dec.num_parameters() / 1e6:.1f}M parameters, random, "
-                 f"decode {how}; {enc_note}")
+                 f"decode {how}; encoder: cosmos_dist CV8x8x8Encoder, {enc.num_parameters() / 1e6:.1f}M "
+                 f"parameters, random, encode {enc_how}")
 
 
 def build_dit(preset: str, device, compile_blocks: bool):
@@ -442,6 +422,9 @@ def main(argv=None) -> int:
     ap.add_argument("--guard-tokens", type=int, default=8)
     ap.add_argument("--decode-chunk", type=int, default=2,
                     help="latent frames per tokenizer decode chunk (precision.tokenizer_decode_chunk); 0 = whole clip")
+    ap.add_argument("--encode-chunk", type=int, default=2,
+                    help="latent frames' worth of pixel frames per tokenizer encode chunk (v2w; "
+                         "precision.tokenizer_encode_chunk); 0 = whole clip")
     ap.add_argument("--tiny", action="store_true", help="tiny models at 17x32x48 (CPU test of this script)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--output", default=None)
@@ -482,10 +465,11 @@ def main(argv=None) -> int:
     m.t5 = build_t5(args.tiny, build_dev)
     to_store("text_encoder", [m.t5], store, pin)
     tok_dtype = torch.bfloat16 if pin else torch.float32
-    m.tokenizer, tok_note = build_tokenizer(args.tiny, build_dev, tok_dtype, args.decode_chunk)
+    m.tokenizer, tok_note = build_tokenizer(args.tiny, build_dev, tok_dtype, args.decode_chunk, args.encode_chunk)
     to_store("tokenizer", [m.tokenizer.encoder, m.tokenizer.decoder], store, pin)  # a None encoder is skipped
     report["tokenizer"] = tok_note
     report["tokenizer_decode_chunk"] = args.decode_chunk
+    report["tokenizer_encode_chunk"] = args.encode_chunk
     log("tokenizer:", tok_note)
 
     class TokWrap:  # VideoTokenizer + the pipeline's uint8 conversion
