@@ -95,6 +95,35 @@ def without_constant_buffers(sd: Mapping[str, Tensor]) -> Dict[str, Tensor]:
     return params
 
 
+def read_levels(sd: Mapping[str, Tensor], what: str, root: str):
+    """The level structure of an original CV8x8x8 state dict, shared by the encoder and the decoder.
+
+    `what` names the half in errors ("decoder"), `root` is its level prefix ("decoder.up"). Returns
+    (shape, levels, resnets per level, channels per level, levels with attention), where `shape(key)`
+    is the key's shape or a ValueError saying the layout is not this one."""
+
+    def shape(key: str) -> Tuple[int, ...]:
+        if key not in sd:
+            raise ValueError(f"not the CV8x8x8 {what} layout: no {key}")
+        return tuple(sd[key].shape)
+
+    found: Dict[int, set] = {}
+    pattern = re.compile(re.escape(root) + r"\.(\d+)\.block\.(\d+)\.")
+    for key in sd:
+        m = pattern.match(key)
+        if m:
+            found.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
+    if not found or sorted(found) != list(range(len(found))):
+        raise ValueError(f"not the CV8x8x8 {what} layout: {root.split('.')[-1]} levels {sorted(found)}")
+    blocks = {len(b) for b in found.values()}
+    if len(blocks) != 1:
+        raise ValueError(f"not the CV8x8x8 {what} layout: resnets per level differ ({sorted(blocks)})")
+    n = len(found)
+    channels = tuple(shape(f"{root}.{i}.block.0.conv1.0.conv3d.weight")[0] for i in range(n))
+    attn = tuple(i for i in range(n) if f"{root}.{i}.attn.0.0.q.conv3d.weight" in sd)
+    return shape, n, blocks.pop(), channels, attn
+
+
 class CausalConv3d(nn.Module):
     """Conv3d that pads time on the left (causal) and space with zeros; original `CausalConv3d` (child `conv3d`).
 
@@ -418,31 +447,13 @@ class CV8x8x8Decoder(nn.Module):
         sd: Mapping[str, Tensor], *, out_channels: int = 3, spatial_compression: int = 8, temporal_compression: int = 8
     ) -> DecoderSpec:
         """Infer the shape from the original key names; ValueError when `sd` is not this layout."""
-
-        def shape(key: str) -> Tuple[int, ...]:
-            if key not in sd:
-                raise ValueError(f"not the CV8x8x8 decoder layout: no {key}")
-            return tuple(sd[key].shape)
-
+        shape, n, blocks, level_channels, attn = read_levels(sd, "decoder", "decoder.up")
         z = shape("post_quant_conv.conv3d.weight")[0]
-        levels: Dict[int, set] = {}
-        for key in sd:
-            m = re.match(r"decoder\.up\.(\d+)\.block\.(\d+)\.", key)
-            if m:
-                levels.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
-        if not levels or sorted(levels) != list(range(len(levels))):
-            raise ValueError(f"not the CV8x8x8 decoder layout: up levels {sorted(levels)}")
-        blocks = {len(b) for b in levels.values()}
-        if len(blocks) != 1:
-            raise ValueError(f"not the CV8x8x8 decoder layout: resnets per level differ ({sorted(blocks)})")
-        n = len(levels)
-        level_channels = tuple(shape(f"decoder.up.{i}.block.0.conv1.0.conv3d.weight")[0] for i in range(n))
-        attn = tuple(i for i in range(n) if f"decoder.up.{i}.attn.0.0.q.conv3d.weight" in sd)
         out_total = shape("decoder.conv_out.1.conv3d.weight")[0]
         patch = round((out_total / out_channels) ** (1 / 3))
         if out_channels * patch**3 != out_total:
             raise ValueError(f"conv_out has {out_total} channels: not {out_channels} x patch_size^3")
-        spec = DecoderSpec(z, out_channels, level_channels, blocks.pop(), attn, patch,
+        spec = DecoderSpec(z, out_channels, level_channels, blocks, attn, patch,
                            spatial_compression, temporal_compression)
         spec.validate()
         if shape("decoder.conv_in.0.conv3d.weight")[:2] != (level_channels[-1], z):

@@ -28,7 +28,6 @@ stride-2 temporal downsample.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Tuple
 
@@ -45,6 +44,7 @@ from cosmos_dist.tokenizer.cv8x8x8 import (
     ResnetBlock,
     SpatialAttention,
     TemporalAttention,
+    read_levels,
     without_constant_buffers,
 )
 
@@ -279,33 +279,15 @@ class CV8x8x8Encoder(nn.Module):
         sd: Mapping[str, Tensor], *, in_channels: int = 3, spatial_compression: int = 8, temporal_compression: int = 8
     ) -> EncoderSpec:
         """Infer the shape from the original key names; ValueError when `sd` is not this layout."""
-
-        def shape(key: str) -> Tuple[int, ...]:
-            if key not in sd:
-                raise ValueError(f"not the CV8x8x8 encoder layout: no {key}")
-            return tuple(sd[key].shape)
-
+        shape, n, blocks, level_channels, attn = read_levels(sd, "encoder", "encoder.down")
         z = shape("quant_conv.conv3d.weight")[0]
-        levels: Dict[int, set] = {}
-        for key in sd:
-            m = re.match(r"encoder\.down\.(\d+)\.block\.(\d+)\.", key)
-            if m:
-                levels.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
-        if not levels or sorted(levels) != list(range(len(levels))):
-            raise ValueError(f"not the CV8x8x8 encoder layout: down levels {sorted(levels)}")
-        blocks = {len(b) for b in levels.values()}
-        if len(blocks) != 1:
-            raise ValueError(f"not the CV8x8x8 encoder layout: resnets per level differ ({sorted(blocks)})")
-        n = len(levels)
-        level_channels = tuple(shape(f"encoder.down.{i}.block.0.conv1.0.conv3d.weight")[0] for i in range(n))
-        attn = tuple(i for i in range(n) if f"encoder.down.{i}.attn.0.0.q.conv3d.weight" in sd)
         base, cin = shape("encoder.conv_in.0.conv3d.weight")[:2]
         patch = round((cin / in_channels) ** (1 / 3))
         if in_channels * patch**3 != cin:
             raise ValueError(f"conv_in takes {cin} channels: not {in_channels} x patch_size^3")
         if shape("encoder.conv_out.1.conv3d.weight")[0] != z:
             raise ValueError("conv_out does not produce quant_conv's channels")
-        spec = EncoderSpec(in_channels, z, base, level_channels, blocks.pop(), attn, patch,
+        spec = EncoderSpec(in_channels, z, base, level_channels, blocks, attn, patch,
                            spatial_compression, temporal_compression)
         spec.validate()
         return spec
