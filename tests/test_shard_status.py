@@ -188,3 +188,20 @@ def test_bad_arguments(tmp_path, bad):
     with pytest.raises(SystemExit) as exc:
         shard_status.main([x for kv in args.items() for x in kv])
     assert exc.value.code == 2
+
+
+def test_missing_overrides_are_said_not_silently_dropped(tmp_path, capsys):
+    """Before any element has written a marker, the resubmission line cannot know the run's overrides
+    (model, checkpoint_dir, ...): the report says so instead of printing a line that would run defaults."""
+    prompts, out, ids = make_run(tmp_path, n=6, bad_lines=0)
+    finish(out, ids[0])
+    args = ["--prompts-file", str(prompts), "--output-dir", str(out), "--num-shards", "2"]
+    assert shard_status.main(args) == 0
+    text = capsys.readouterr().out
+    assert "no shard marker records this run's Hydra overrides" in text
+    assert shlex.split(text.strip().splitlines()[-1])[0] == "sbatch"
+    assert shard_status.main([*args, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["overrides_recorded"] is False
+    assert shard_status.main([*args, "--", "model=tiny_text2world"]) == 0
+    text = capsys.readouterr().out
+    assert "no shard marker" not in text and text.strip().endswith("model=tiny_text2world")

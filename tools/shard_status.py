@@ -139,9 +139,13 @@ def main(argv: list[str] | None = None) -> int:
 
     shards = collect(args.prompts_file, args.output_dir, args.num_shards)
     markers = read_shard_markers(args.output_dir, args.num_shards)
+    overrides_known = overrides is not None
     if overrides is None:
         newest = max(markers.values(), key=lambda m: str(m.get("time", "")), default=None)
         overrides = list((newest or {}).get("overrides") or [])
+        # No marker yet (elements still running, or killed before writing one): the printed line would
+        # silently fall back to the defaults (model=7b_text2world, ...), so say so next to it.
+        overrides_known = bool(overrides)
     todo = unfinished(shards, args.retry_failed)
     temps = temp_leftovers(args.output_dir)
     if args.clean_temp:
@@ -158,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             "temp_files": [t.name for t in temps],
             "temp_files_removed": bool(args.clean_temp),
             "sbatch": line,
+            "overrides_recorded": overrides_known,
         }, indent=1))
     else:
         totals = {k: sum(s.counts()[k] for s in shards) for k in ("total", "done", "failed", "blocked", "pending", "bad_lines")}
@@ -176,6 +181,10 @@ def main(argv: list[str] | None = None) -> int:
             verb = "removed" if args.clean_temp else "left by killed writers (--clean-temp removes them)"
             print(f"{len(temps)} temporary file(s) {verb}")
         if line:
+            if not overrides_known:
+                print("note: no shard marker records this run's Hydra overrides (elements still running, or killed "
+                      "before writing one); the line below has none, so add yours after `--`, e.g. "
+                      "`tools/shard_status.py ... -- model=14b_text2world guidance=5`")
             print("resubmit the unfinished shards with:")
             print(line)
         else:
