@@ -11,6 +11,8 @@ if [ -z "${NPROC:-}" ]; then
 fi
 # NVLink multicast (NVLS) stays off; a timed-out collective aborts instead of hanging.
 export NCCL_NVLS_ENABLE="${NCCL_NVLS_ENABLE:-0}"
+export TORCH_SYMM_MEM_DISABLE_MULTICAST="${TORCH_SYMM_MEM_DISABLE_MULTICAST:-1}"
+export NVSHMEM_DISABLE_NVLS="${NVSHMEM_DISABLE_NVLS:-1}"
 export TORCH_NCCL_ASYNC_ERROR_HANDLING="${TORCH_NCCL_ASYNC_ERROR_HANDLING:-1}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-4}"
 exec torchrun --standalone --nproc_per_node="$NPROC" "$here/generate.py" "$@"

@@ -3,6 +3,8 @@
 
 # The same NCCL defaults as launch/: no NVLink multicast; a timed-out collective aborts, never hangs.
 export NCCL_NVLS_ENABLE="${NCCL_NVLS_ENABLE:-0}"
+export TORCH_SYMM_MEM_DISABLE_MULTICAST="${TORCH_SYMM_MEM_DISABLE_MULTICAST:-1}"
+export NVSHMEM_DISABLE_NVLS="${NVSHMEM_DISABLE_NVLS:-1}"
 export TORCH_NCCL_ASYNC_ERROR_HANDLING="${TORCH_NCCL_ASYNC_ERROR_HANDLING:-1}"
 
 say() { echo "[$(date '+%F %T')] ${SCRIPT_NAME:-cosmos}: $*"; }

@@ -89,10 +89,13 @@ def test_single_process_layout(monkeypatch):
 
 
 def test_nccl_env_defaults(monkeypatch):
-    monkeypatch.delenv("NCCL_NVLS_ENABLE", raising=False)
+    for key in ("NCCL_NVLS_ENABLE", "TORCH_SYMM_MEM_DISABLE_MULTICAST", "NVSHMEM_DISABLE_NVLS"):
+        monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("TORCH_NCCL_ASYNC_ERROR_HANDLING", "3")
     applied = apply_nccl_env_defaults()
     import os
 
     assert os.environ["NCCL_NVLS_ENABLE"] == "0" and applied["NCCL_NVLS_ENABLE"] == "0"
+    # multicast off for symmetric memory and NVSHMEM as well
+    assert os.environ["TORCH_SYMM_MEM_DISABLE_MULTICAST"] == "1" and os.environ["NVSHMEM_DISABLE_NVLS"] == "1"
     assert os.environ["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "3"  # the user's value stays

@@ -48,6 +48,9 @@ TE_COMM_TYPES = ("p2p", "a2a", "a2a+p2p", "all_gather")
 NCCL_ENV_DEFAULTS = {
     # NVLink SHARP (NVLS) multicast buffers cost GPU memory and are not reliable on every system.
     "NCCL_NVLS_ENABLE": "0",
+    # The same for PyTorch's symmetric memory and NVSHMEM (multicast stays off on the lent machines too).
+    "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
+    "NVSHMEM_DISABLE_NVLS": "1",
     # A timed-out or failed NCCL collective tears the process down instead of hanging forever.
     "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
 }
