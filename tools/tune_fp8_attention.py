@@ -19,9 +19,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cosmos_dist.attention import fp8 as fp8_attn  # noqa: E402
 from cosmos_dist.attention.local import get_local_attention  # noqa: E402
+from benchmark import Timer  # noqa: E402  (tools/benchmark.py)
 
 CONFIGS = [  # (block_m, block_n, num_warps, num_stages, warp_specialize)
     (128, 128, 8, 3, False), (128, 128, 8, 4, False), (128, 128, 4, 3, False), (128, 64, 4, 3, False),
@@ -30,17 +32,8 @@ CONFIGS = [  # (block_m, block_n, num_warps, num_stages, warp_specialize)
 
 
 def timed(fn, reps: int = 5) -> float:
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b) / 1000)
-    return statistics.median(times)
+    """Median seconds of `fn` over `reps` runs after one warm-up, from CUDA events (benchmark.py's timer)."""
+    return statistics.median(Timer(torch.device("cuda"))(fn, reps, 1))
 
 
 def main(argv=None) -> int:

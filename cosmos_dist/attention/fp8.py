@@ -102,7 +102,7 @@ def _build_kernel():
 
 
 def triton_available(device: torch.device) -> bool:
-    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 9):
+    if device.type != "cuda" or not torch.cuda.is_available() or torch.cuda.get_device_capability(device) < (8, 9):
         return False
     try:
         import triton  # noqa: F401

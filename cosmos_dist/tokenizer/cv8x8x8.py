@@ -124,6 +124,20 @@ def read_levels(sd: Mapping[str, Tensor], what: str, root: str):
     return shape, n, blocks.pop(), channels, attn
 
 
+def build_from_state_dict(cls, sd: Mapping[str, Tensor], what: str, **spec_kwargs):
+    """`cls(spec)` for the spec read from `sd`, built on the meta device and given `sd`'s tensors, loaded
+    strictly (shared by the encoder and the decoder); ValueError if the layout or any shape differs. The
+    result lives where the tensors of `sd` live, in their dtype."""
+    spec = cls.spec_from_state_dict(sd, **spec_kwargs)
+    with torch.device("meta"):
+        model = cls(spec)
+    try:
+        model.load_state_dict(without_constant_buffers(sd), strict=True, assign=True)
+    except RuntimeError as err:
+        raise ValueError(f"not the CV8x8x8 {what} layout: {err}") from err
+    return model.eval().requires_grad_(False)
+
+
 class CausalConv3d(nn.Module):
     """Conv3d that pads time on the left (causal) and space with zeros; original `CausalConv3d` (child `conv3d`).
 
@@ -462,17 +476,7 @@ class CV8x8x8Decoder(nn.Module):
 
     @classmethod
     def from_state_dict(cls, sd: Mapping[str, Tensor], **spec_kwargs) -> "CV8x8x8Decoder":
-        """Build (on the meta device, then take the given tensors) and load strictly; ValueError if the layout or
-        any shape differs. The result lives where the tensors of `sd` live, in their dtype."""
-        spec = cls.spec_from_state_dict(sd, **spec_kwargs)
-        params = without_constant_buffers(sd)
-        with torch.device("meta"):
-            model = cls(spec)
-        try:
-            model.load_state_dict(params, strict=True, assign=True)
-        except RuntimeError as err:
-            raise ValueError(f"not the CV8x8x8 decoder layout: {err}") from err
-        return model.eval().requires_grad_(False)
+        return build_from_state_dict(cls, sd, "decoder", **spec_kwargs)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -44,8 +44,8 @@ from cosmos_dist.tokenizer.cv8x8x8 import (
     ResnetBlock,
     SpatialAttention,
     TemporalAttention,
+    build_from_state_dict,
     read_levels,
-    without_constant_buffers,
 )
 
 
@@ -294,17 +294,7 @@ class CV8x8x8Encoder(nn.Module):
 
     @classmethod
     def from_state_dict(cls, sd: Mapping[str, Tensor], **spec_kwargs) -> "CV8x8x8Encoder":
-        """Build (on the meta device, then take the given tensors) and load strictly; ValueError if the layout or
-        any shape differs. The result lives where the tensors of `sd` live, in their dtype."""
-        spec = cls.spec_from_state_dict(sd, **spec_kwargs)
-        params = without_constant_buffers(sd)
-        with torch.device("meta"):
-            model = cls(spec)
-        try:
-            model.load_state_dict(params, strict=True, assign=True)
-        except RuntimeError as err:
-            raise ValueError(f"not the CV8x8x8 encoder layout: {err}") from err
-        return model.eval().requires_grad_(False)
+        return build_from_state_dict(cls, sd, "encoder", **spec_kwargs)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

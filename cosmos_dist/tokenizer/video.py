@@ -105,32 +105,26 @@ def _load_jit(path: Path, device: torch.device, dtype: torch.dtype) -> torch.jit
     return module.to(dtype)
 
 
-def _native_decoder(jit: torch.nn.Module, path: Path, chunk_frames: int | None) -> torch.nn.Module:
-    """Our CV8x8x8Decoder holding the weights of `jit` (same device and dtype) when its state dict has that
-    layout, else `jit` itself. Logs which one decodes."""
+def _native(cls, jit: torch.nn.Module, path: Path, chunk_frames: int | None, role: str, chunk_unit: str) -> torch.nn.Module:
+    """Our CV8x8x8 `cls` (encoder or decoder) holding the weights of `jit` (same device and dtype) when its
+    state dict has that layout, else `jit` itself. Logs which one runs."""
     try:
-        decoder = CV8x8x8Decoder.from_state_dict(jit.state_dict())
+        native = cls.from_state_dict(jit.state_dict())
     except ValueError as err:
-        log.info("video decoder: %s runs as TorchScript, whole clip (%s)", path.name, str(err).splitlines()[0])
+        log.info("video %s: %s runs as TorchScript, whole clip (%s)", role, path.name, str(err).splitlines()[0])
         return jit
-    how = f"streaming {chunk_frames} latent frames per chunk" if chunk_frames else "whole clip"
-    log.info("video decoder: %s has the CV8x8x8 layout (%.1fM parameters): own implementation, %s",
-             path.name, decoder.num_parameters() / 1e6, how)
-    return decoder
+    how = f"streaming {chunk_frames} {chunk_unit} per chunk" if chunk_frames else "whole clip"
+    log.info("video %s: %s has the CV8x8x8 layout (%.1fM parameters): own implementation, %s",
+             role, path.name, native.num_parameters() / 1e6, how)
+    return native
+
+
+def _native_decoder(jit: torch.nn.Module, path: Path, chunk_frames: int | None) -> torch.nn.Module:
+    return _native(CV8x8x8Decoder, jit, path, chunk_frames, "decoder", "latent frames")
 
 
 def _native_encoder(jit: torch.nn.Module, path: Path, chunk_frames: int | None) -> torch.nn.Module:
-    """Our CV8x8x8Encoder holding the weights of `jit` (same device and dtype) when its state dict has that
-    layout, else `jit` itself. Logs which one encodes."""
-    try:
-        encoder = CV8x8x8Encoder.from_state_dict(jit.state_dict())
-    except ValueError as err:
-        log.info("video encoder: %s runs as TorchScript, whole clip (%s)", path.name, str(err).splitlines()[0])
-        return jit
-    how = f"streaming {chunk_frames} latent frames' worth of pixels per chunk" if chunk_frames else "whole clip"
-    log.info("video encoder: %s has the CV8x8x8 layout (%.1fM parameters): own implementation, %s",
-             path.name, encoder.num_parameters() / 1e6, how)
-    return encoder
+    return _native(CV8x8x8Encoder, jit, path, chunk_frames, "encoder", "latent frames' worth of pixels")
 
 
 def _load_mean_std(path: Path, latent_channels: int) -> tuple[torch.Tensor, torch.Tensor]:
