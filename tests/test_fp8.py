@@ -104,12 +104,72 @@ def test_triton_kernel_matches_emulation_on_gpu():
     pytest.importorskip("triton")
     for lq, lk in ((1000, 1000), (333, 517)):
         q, k, v = (t.cuda().bfloat16() for t in _peaked_qkv(1, lq, lk, 4, 128, lq))
-        out, lse = fp8_attention_with_lse(q, k, v)
+        out, lse = fp8_attention_with_lse(q, k, v, kernel="triton")
         emu, emu_lse = _fp8_attention_reference(q, k, v)
         exact = sdpa_attention(q.float(), k.float(), v.float())
         assert rel_err(out.float(), emu.float()) < 3e-2
         assert rel_err(out.float(), exact) < 8e-2
         assert (lse - emu_lse).abs().max() < 1e-2
+
+
+def _cudnn_fp8_ready() -> bool:
+    from cosmos_dist.attention import fp8_cudnn
+
+    return CUDA_FP8 and fp8_cudnn.available(torch.device("cuda"))
+
+
+@pytest.mark.skipif(not _cudnn_fp8_ready(), reason="needs a Hopper-class GPU and nvidia-cudnn-frontend")
+def test_cudnn_fp8_attention_on_gpu_is_near_exact_and_returns_the_lse():
+    from cosmos_dist.attention import fp8_cudnn
+    from cosmos_dist.attention.local import attention_with_lse
+
+    def check(out, lse, q, k, v):
+        exact, exact_lse = attention_with_lse(q.float(), k.float(), v.float())
+        emu, emu_lse = _fp8_attention_reference(q, k, v)
+        # per-tensor scales and an e4m3 output: a little further from exact than the per-head emulation
+        assert rel_err(out.float(), exact) < 1.5 * rel_err(emu.float(), exact) + 2e-2
+        assert (lse - exact_lse).abs().max() < 1.5 * (emu_lse - exact_lse).abs().max() + 2e-2
+
+    for lq, lk in ((1024, 1024), (333, 517)):
+        q, k, v = (t.cuda().bfloat16() for t in _peaked_qkv(2, lq, lk, 4, 128, lq))
+        out, lse = fp8_attention_with_lse(q, k, v, kernel="cudnn")
+        assert out.shape == q.shape and out.dtype == q.dtype and lse.shape == (2, 4, lq)
+        check(out, lse, q, k, v)
+    # a configuration cuDNN rejects runs the Triton kernel on the same per-tensor-scaled inputs
+    (q8, dq), (k8, dk), (v8, dv) = (fp8_cudnn.quantize_tensor(t) for t in (q, k, v))
+    saved = set(fp8_cudnn._unsupported)
+    try:
+        fp8_cudnn._unsupported.add(fp8_cudnn._key(q8, k8, v8))
+        o8, lse = fp8_cudnn._cudnn_fp8_attention_op(q8, k8, v8, dq, dk, dv)
+    finally:
+        fp8_cudnn._unsupported.clear()
+        fp8_cudnn._unsupported.update(saved)
+    assert o8.dtype == torch.float8_e4m3fn
+    check((o8.float() * dv).bfloat16(), lse, q, k, v)
+
+
+def test_fp8_attention_kernel_choice(monkeypatch):
+    """auto = cudnn where the frontend is installed, else triton; cudnn without the frontend is a clear
+    ConfigError naming the field before anything loads; on the CPU every choice is the emulation."""
+    from cosmos_dist.attention import fp8 as fp8_mod
+    from cosmos_dist.attention import fp8_cudnn
+    from cosmos_dist.config import PrecisionConfig
+    from cosmos_dist.errors import ConfigError
+    from cosmos_dist.pipeline.stages import fp8_attention_kernel
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert {fp8_mod.resolve_kernel(k, cpu) for k in ("auto", "cudnn", "triton")} == {"emulated"}
+    with pytest.raises(ValueError, match="one of"):
+        fp8_mod.resolve_kernel("flash", cpu)
+    monkeypatch.setattr(fp8_mod, "triton_available", lambda device: device.type == "cuda")
+    for has_frontend, auto in ((True, "cudnn"), (False, "triton")):
+        monkeypatch.setattr(fp8_cudnn, "available", lambda device, h=has_frontend: h)
+        assert fp8_mod.resolve_kernel("auto", gpu) == auto
+        assert fp8_mod.resolve_kernel("triton", gpu) == "triton"
+    prec = PrecisionConfig(fp8_attention=True, fp8_attention_kernel="cudnn")
+    with pytest.raises(ConfigError, match="precision.fp8_attention_kernel.*nvidia-cudnn-frontend"):
+        fp8_attention_kernel(prec, gpu)
+    assert fp8_attention_kernel(PrecisionConfig(fp8_attention=False), gpu) is None
 
 
 def _ulysses_fp8_worker(rank: int, world: int):
@@ -164,11 +224,15 @@ def test_pipeline_precision_fp8_with_high_precision_steps_and_offload(tmp_path, 
         side = json.loads((out / "s.json").read_text())
         if name != "fp32":
             assert side["precision"]["dit_fp8"]["linear"] and side["precision"]["dit_fp8"]["attention"]
+            assert side["precision"]["dit_fp8"]["attention_kernel"] == "emulated"
     assert 1e-4 < rel_err(latents["fp8"], latents["fp32"]) < 0.2
     assert torch.equal(latents["fp8_all_hp"], latents["fp32"])  # 2 steps, first 1 + last 1 in high precision
 
     bad = small_cfg(ckpt, tmp_path / "x", "prompt=x", "precision=fp8", "precision.dit_dtype=float32")
     with pytest.raises(ConfigError, match="precision.dit_dtype"):
+        validate_config(bad)
+    bad = small_cfg(ckpt, tmp_path / "x", "prompt=x", "precision=fp8", "precision.fp8_attention_kernel=flash")
+    with pytest.raises(ConfigError, match="precision.fp8_attention_kernel"):
         validate_config(bad)
 
 

@@ -199,7 +199,7 @@ def test_measure_memory_tool_runs_tiny_on_the_cpu(tmp_path):
     out = tmp_path / "m.json"
     assert tool.main(["--tiny", "--kinds", "t2w,v2w", "--levels", "none,text_encoder,dit", "--steps", "1",
                       "--guard-prompt-tokens", "16", "--upsampler-tokens", "2", "--encode-chunk", "1",
-                      "--output", str(out)]) == 0
+                      "--write-video", str(tmp_path / "videos"), "--output", str(out)]) == 0
     rep = json.loads(out.read_text())
     assert rep["tokenizer_encode_chunk"] == 1 and "encode 1 latent frames' worth per chunk" in rep["tokenizer"]
     for kind in ("t2w", "v2w"):
@@ -211,6 +211,7 @@ def test_measure_memory_tool_runs_tiny_on_the_cpu(tmp_path):
         stages = set(levels["dit"]["stages"])
         assert {"guardrail_text", "upsampler", "text_encode", "dit_sampling", "decode", "guardrail_video"} <= stages
         assert ("condition_encode" in stages) == (kind == "v2w")
+        assert "write_mp4" in stages and (tmp_path / "videos" / f"{kind}.mp4").stat().st_size > 0
     assert tool.CARD_GB[("14b", "t2w")]["dit"] == 39.0
 
 

@@ -181,18 +181,21 @@ def reference_check(net, cfg, device, dtype) -> dict:
 SHAPES_CHECK = {"7b": (16, 44, 80), "14b": (16, 44, 80)}
 
 
-def fp8_modes(net, variant: str):
+def fp8_modes(net, variant: str, kernel: str = "auto"):
     """Switch the converted network between bf16 ("bf16"), FP8 linears ("linear") and FP8 linears +
-    FP8 self-attention ("linear+attention"); returns the self-attention callable to use."""
+    FP8 self-attention ("linear+attention", through the FP8 attention `kernel`); returns the
+    self-attention callable to use."""
+    from functools import partial
+
     from cosmos_dist.attention import sdpa_attention
     from cosmos_dist.attention.fp8 import fp8_attention
     from cosmos_dist.models.fp8 import set_fp8_enabled
 
     set_fp8_enabled(net, variant != "bf16")
-    return fp8_attention if variant == "linear+attention" else sdpa_attention
+    return partial(fp8_attention, kernel=kernel) if variant == "linear+attention" else sdpa_attention
 
 
-def fp8_quality(net, cfg, device, steps: int, grid, variant: str) -> dict:
+def fp8_quality(net, cfg, device, steps: int, grid, variant: str, kernel: str = "auto") -> dict:
     """Quality gate of FP8: a full `steps`-step Euler run (guidance 7, random text embeddings) with the
     FP8 network; at every step the BF16 network is also evaluated on the same input, giving the
     relative error of the network output per step; then a separate BF16 run from the same seed gives
@@ -211,7 +214,7 @@ def fp8_quality(net, cfg, device, steps: int, grid, variant: str) -> dict:
 
     def denoiser(v):
         return GuidedDenoiser(net=net, grid=pgrid, fps=24.0, cond_emb=cond, uncond_emb=uncond, guidance=7.0,
-                              extra_tokens=extra, self_attention=fp8_modes(net, v))
+                              extra_tokens=extra, self_attention=fp8_modes(net, v, kernel))
 
     low, high = denoiser(variant), denoiser("bf16")
     per_step = []
@@ -219,7 +222,7 @@ def fp8_quality(net, cfg, device, steps: int, grid, variant: str) -> dict:
     def compared(x_net, c_noise, sigma, step):
         fp8_modes(net, "bf16")
         ref = high(x_net, c_noise, sigma, step).float()
-        fp8_modes(net, variant)
+        fp8_modes(net, variant, kernel)
         out = low(x_net, c_noise, sigma, step)
         per_step.append(float(torch.linalg.vector_norm(out.float() - ref) / torch.linalg.vector_norm(ref)))
         return out
@@ -297,9 +300,13 @@ def run_fp8(net, cfg, grid_latent, modes, result, args, timer, flops, device) ->
 
     # Keep the bf16 weights beside the FP8 copies so one network serves both sides of the comparison.
     n = convert_blocks_to_fp8(net, keep_high_precision=True)
-    result["fp8"] = {"converted_linears": n}
+    from cosmos_dist.attention.fp8 import resolve_kernel
+
+    kernel = args.fp8_attention_kernel
+    result["fp8"] = {"converted_linears": n, "attention_kernel": resolve_kernel(kernel, device)}
+    print("FP8 attention kernel:", result["fp8"]["attention_kernel"], flush=True)
     for variant in ("linear", "linear+attention"):
-        attn = fp8_modes(net, variant)
+        attn = fp8_modes(net, variant, kernel)
         fns = our_step_fns(net, grid_latent, device, net.dtype, attn)[0]
         time_modes(fns, modes, f"fp8[{variant}]", result, args, timer, flops, device)
         if args.profile and variant == "linear+attention":
@@ -313,7 +320,7 @@ def run_fp8(net, cfg, grid_latent, modes, result, args, timer, flops, device) ->
     if args.fp8_quality_steps:
         grid = SHAPES_CHECK.get(args.model, SHAPES[args.model])
         result["fp8"]["quality"] = [
-            fp8_quality(net, cfg, device, args.fp8_quality_steps, grid, v) for v in ("linear", "linear+attention")
+            fp8_quality(net, cfg, device, args.fp8_quality_steps, grid, v, kernel) for v in ("linear", "linear+attention")
         ]
         save_partial(result, args)
         for q in result["fp8"]["quality"]:
@@ -338,6 +345,8 @@ def main(argv=None) -> int:
     ap.add_argument("--checkpoint", help="load the network from this model.pt / .safetensors (timed) instead of random init")
     ap.add_argument("--check", action="store_true", help="compare one bf16 forward with a float32 eager forward at a reduced latent")
     ap.add_argument("--fp8", action="store_true", help="also time FP8 linears and FP8 linears + FP8 attention (precision=fp8)")
+    ap.add_argument("--fp8-attention-kernel", default="auto", choices=["auto", "cudnn", "triton"],
+                    help="FP8 self-attention kernel (precision.fp8_attention_kernel); auto = cudnn where installed")
     ap.add_argument("--fp8-quality-steps", type=int, default=0,
                     help="with --fp8: run this many sampling steps at a reduced latent for the FP8 quality figures")
     ap.add_argument("--output", help="write the results as JSON here")

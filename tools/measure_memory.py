@@ -242,6 +242,7 @@ class Meter:
         self.stages[name] = {"seconds": round(time.perf_counter() - t0, 3),
                              "peak_allocated_gib": None if alloc is None else round(alloc, 2),
                              "peak_reserved_gib": None if reserved is None else round(reserved, 2)}
+        print(f"    stage {name}: {self.stages[name]}", file=sys.stderr, flush=True)  # a run cut short keeps these
         return out
 
 
@@ -324,6 +325,12 @@ def run_sample(m, res, meter: Meter, args, kind: str, preset_cfg) -> None:
             for i in range(x.shape[0]):
                 m.guard.face(x[i : i + 1].permute(0, 3, 1, 2).float() - 117.0)
     meter.stage("guardrail_video", guard_video)
+    if args.write_video:  # the pipeline's mp4 writer (libx264 on the CPU), so one sample is timed end to end
+        from cosmos_dist.io.video import write_mp4_atomic
+
+        out = Path(args.write_video)
+        out.mkdir(parents=True, exist_ok=True)
+        meter.stage("write_mp4", lambda: write_mp4_atomic(out / f"{kind}.mp4", frames, fps=24))
 
 
 # ---- the levels -----------------------------------------------------------------------------------------------------
@@ -427,6 +434,8 @@ def main(argv=None) -> int:
                          "precision.tokenizer_encode_chunk); 0 = whole clip")
     ap.add_argument("--tiny", action="store_true", help="tiny models at 17x32x48 (CPU test of this script)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--write-video", default=None, metavar="DIR",
+                    help="also write each sample's mp4 there (the pipeline's writer), timed as stage write_mp4")
     ap.add_argument("--output", default=None)
     args = ap.parse_args(argv)
 
@@ -503,7 +512,9 @@ def main(argv=None) -> int:
         results = {}
         if pin and not args.no_compile:  # compile once outside the measured levels
             log("compiling the DiT blocks (one warm-up step)")
-            res_warm = measure_level("tokenizer", m, store, SimpleNamespace(**{**vars(args), "steps": 1}), kind, preset_cfg, device)
+            # The sampler reads its step count from the run config, not from args: one step here.
+            warm_cfg = SimpleNamespace(**{**vars(preset_cfg), "run": OmegaConf.merge(run, {"num_steps": 1})})
+            res_warm = measure_level("tokenizer", m, store, SimpleNamespace(**{**vars(args), "steps": 1}), kind, warm_cfg, device)
             results["_compile_warmup"] = {"sample_seconds": res_warm.get("sample_seconds"), "oom": res_warm["oom"]}
         for level in levels:
             log(f"{preset}: offload={level}")

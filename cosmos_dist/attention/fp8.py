@@ -1,7 +1,8 @@
 """FP8 (e4m3) self-attention for `precision=fp8`: a Triton flash-attention forward kernel.
 
-PyTorch offers no FP8 attention (its FP8 SDPA work is unreleased), and Transformer Engine's cuDNN
-FP8 attention is an optional extra, so this kernel is what FP8 attention runs on without TE.
+PyTorch offers no FP8 attention (its FP8 SDPA work is unreleased). cuDNN's own FP8 attention is faster
+(cosmos_dist.attention.fp8_cudnn; it needs the optional `nvidia-cudnn-frontend` package), so `auto` picks
+it where installed; this kernel is what FP8 attention runs on without it.
 
 Numerics (bshd in, bshd out, no mask, softmax scale 1/sqrt(D) as everywhere in the DiT):
 * q, k and v are quantised to e4m3 with one scale per (batch, head) (amax / 448);
@@ -189,12 +190,42 @@ def _fp8_attention_reference(q, k, v, chunk: int = 2048):
     return out, torch.cat(lses, dim=2)
 
 
-def fp8_attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+#: Which FP8 attention kernel runs on CUDA: "cudnn" (cuDNN's fused FP8 attention through the cuDNN frontend,
+#: cosmos_dist.attention.fp8_cudnn), "triton" (the kernel above), "auto" = cudnn where the frontend is
+#: installed, else triton. precision.fp8_attention_kernel.
+KERNELS = ("auto", "cudnn", "triton")
+
+
+def resolve_kernel(kernel: str, device: torch.device) -> str:
+    """The kernel that `kernel` means on `device`: "cudnn", "triton" or "emulated" (no CUDA: float32 stand-in)."""
+    if kernel not in KERNELS:
+        raise ValueError(f"FP8 attention kernel must be one of {KERNELS}; got {kernel!r}")
+    if not triton_available(device):
+        if kernel == "cudnn" and device.type == "cuda":
+            raise RuntimeError("fp8_attention_kernel=cudnn needs an FP8-capable GPU (Hopper or newer)")
+        return "emulated"
+    from cosmos_dist.attention import fp8_cudnn
+
+    if kernel == "cudnn" and not fp8_cudnn.available(device):
+        raise RuntimeError("fp8_attention_kernel=cudnn needs the cuDNN frontend: pip install nvidia-cudnn-frontend "
+                           "(or cosmos-dist[fp8]); or set precision.fp8_attention_kernel=triton")
+    if kernel == "auto":
+        return "cudnn" if fp8_cudnn.available(device) else "triton"
+    return kernel
+
+
+def fp8_attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                           kernel: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """FP8 attention, (B, L, H, D) in and out, plus the LSE (B, H, Lq) in float32."""
-    if triton_available(q.device):
+    which = resolve_kernel(kernel, q.device)
+    if which == "cudnn":
+        from cosmos_dist.attention.fp8_cudnn import cudnn_fp8_attention_with_lse
+
+        return cudnn_fp8_attention_with_lse(q, k, v)
+    if which == "triton":
         return _fp8_attention_triton(q, k, v)
     return _fp8_attention_reference(q, k, v)
 
 
-def fp8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    return fp8_attention_with_lse(q, k, v)[0]
+def fp8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel: str = "auto") -> torch.Tensor:
+    return fp8_attention_with_lse(q, k, v, kernel)[0]

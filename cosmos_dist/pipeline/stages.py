@@ -147,15 +147,31 @@ def mask_tokens(net, shape, device, dtype, condition_mask=None) -> torch.Tensor:
     return full[..., c * net.config.patch_volume :]
 
 
+def fp8_attention_kernel(prec, device) -> str | None:
+    """The FP8 self-attention kernel precision.fp8_attention_kernel means on `device` (None without FP8
+    attention); a ConfigError where it cannot run there."""
+    if not prec.fp8_attention:
+        return None
+    from cosmos_dist.attention.fp8 import resolve_kernel
+
+    try:
+        return resolve_kernel(prec.fp8_attention_kernel, device)
+    except RuntimeError as exc:
+        raise ConfigError(f"precision.fp8_attention_kernel: {exc}") from None
+
+
 def attention_kernels(cfg, layout, grid, num_heads, num_steps):
     """The local attention kernels for precision.fp8_attention, and the steps that run without FP8
     (precision.fp8_high_precision_steps first and last) with the self-attention they use."""
     prec = cfg.precision
     local = {}
     if prec.fp8_attention:
+        from functools import partial
+
         from cosmos_dist.attention.fp8 import fp8_attention, fp8_attention_with_lse
 
-        local = {"local": fp8_attention, "lse_kernel": fp8_attention_with_lse}
+        kernel = prec.fp8_attention_kernel
+        local = {"local": partial(fp8_attention, kernel=kernel), "lse_kernel": partial(fp8_attention_with_lse, kernel=kernel)}
     k = prec.fp8_high_precision_steps if (prec.fp8_linear or prec.fp8_attention) else 0
     if k == 0:
         return local, frozenset(), None
@@ -213,6 +229,8 @@ def precision_record(pipe) -> dict:
             "attention": bool(prec.fp8_attention),
             "high_precision_steps": int(prec.fp8_high_precision_steps),
         }
+        if prec.fp8_attention:
+            rec["dit_fp8"]["attention_kernel"] = pipe.fp8_attention_kernel
     return rec
 
 

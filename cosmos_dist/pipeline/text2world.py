@@ -50,6 +50,8 @@ class Text2WorldPipeline(ChunkedRun):
         self.dit_dtype = stages.resolve_dtype(cfg.precision.dit_dtype, self.device)
         self.tokenizer_dtype = stages.resolve_dtype(cfg.precision.tokenizer_dtype, self.device)
         self.text_dtype = stages.resolve_dtype(cfg.precision.text_encoder_dtype, self.device)
+        # Which FP8 attention kernel runs (cudnn / triton / emulated); a missing package fails here, not mid-run.
+        self.fp8_attention_kernel = stages.fp8_attention_kernel(cfg.precision, self.device)
 
     # ---- setup -----------------------------------------------------------------------------
     def prepare(self):
