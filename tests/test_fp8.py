@@ -248,3 +248,94 @@ def test_fp8_linear_on_gpu_matches_its_emulation():
     xq, xs = quantize_rows(x.cuda().bfloat16())
     emu = (xq.float() * xs) @ (f8.weight_fp8.float() * f8.weight_scale.t()).t()
     assert rel_err(out, emu.cpu()) < 1e-2  # bf16 output rounding only
+
+
+class _FakeCudnnTensor:
+    def __init__(self, **attrs):
+        self.attrs = dict(attrs)
+
+    def __getattr__(self, attr):
+        if not attr.startswith("set_"):
+            raise AttributeError(attr)
+
+        def setter(value):
+            self.attrs[attr[4:]] = value
+            return self
+        return setter
+
+
+class _FakeCudnn:
+    """Records how fp8_cudnn builds its cuDNN graph (the frontend's pygraph API), without a GPU."""
+
+    class data_type:  # noqa: N801 (the frontend's names)
+        FP8_E4M3, FLOAT = "fp8_e4m3", "float"
+
+    class heur_mode:  # noqa: N801
+        A, FALLBACK = "A", "FALLBACK"
+
+    def __init__(self, reject: bool = False):
+        self.reject, self.graphs = reject, []
+        fake = self
+
+        class pygraph:  # noqa: N801
+            def __init__(self, **kw):
+                self.kw, self.tensors, self.calls = kw, {}, []
+                fake.graphs.append(self)
+
+            def tensor(self, uid, dim, stride, data_type):
+                self.tensors[uid] = _FakeCudnnTensor(uid=uid, dim=dim, stride=stride, data_type=data_type)
+                return self.tensors[uid]
+
+            def sdpa_fp8(self, **kw):
+                self.sdpa = kw
+                self.outs = [_FakeCudnnTensor() for _ in ("o", "stats", "amax_s", "amax_o")]
+                return self.outs
+
+            def __getattr__(self, step):  # validate, build_operation_graph, ...
+                def call(*a):
+                    self.calls.append(step)
+                    if step == "check_support" and fake.reject:
+                        raise RuntimeError("not supported on this GPU")
+                return call
+
+        self.pygraph = pygraph
+
+    def backend_version(self):
+        return 91900
+
+    def create_handle(self):
+        return "handle"
+
+
+def test_cudnn_fp8_graph_describes_the_bshd_tensors(monkeypatch):
+    """The graph cuDNN gets: q/k/v/o as (B, H, L, D) views of (B, L, H, D) memory, e4m3 in and out, LSE
+    (B, H, Lq, 1) float32, softmax scale 1/sqrt(D), plans built in the frontend's order; a rejected graph
+    is remembered (Triton runs that shape) instead of raising."""
+    from cosmos_dist.attention import fp8_cudnn
+
+    fake = _FakeCudnn()
+    monkeypatch.setattr(fp8_cudnn, "frontend", lambda: fake)
+    monkeypatch.setattr(fp8_cudnn, "_graphs", {})
+    monkeypatch.setattr(fp8_cudnn, "_unsupported", set())
+    monkeypatch.setattr(fp8_cudnn, "_handles", {0: "handle"})
+    b, lq, lk, h, d = 2, 10, 7, 4, 64
+    q = torch.empty(b, lq, h, d)
+    kv = torch.empty(b, lk, 2, h, d)[:, :, 0]  # a strided view, as after a fused k/v projection
+    key = (0, tuple(q.shape), q.stride(), tuple(kv.shape), kv.stride(), kv.stride())
+    g = fp8_cudnn._graph(key)
+    assert g is fake.graphs[0] and fp8_cudnn._graph(key) is g  # cached
+    assert g.kw["io_data_type"] == "fp8_e4m3" and g.kw["compute_data_type"] == "float"
+    tq = g.tensors[fp8_cudnn._Q].attrs
+    assert tq["dim"] == [b, h, lq, d] and tq["stride"] == [lq * h * d, d, h * d, 1]
+    tk = g.tensors[fp8_cudnn._K].attrs
+    assert tk["dim"] == [b, h, lk, d] and tk["stride"] == [lk * 2 * h * d, d, 2 * h * d, 1]
+    assert g.sdpa["attn_scale"] == pytest.approx(1 / 8) and g.sdpa["generate_stats"] is True
+    o, stats = g.outs[0].attrs, g.outs[1].attrs
+    assert o["dim"] == [b, h, lq, d] and o["stride"] == [lq * h * d, d, h * d, 1] and o["data_type"] == "fp8_e4m3"
+    assert o["uid"] == fp8_cudnn._O and stats["uid"] == fp8_cudnn._STATS
+    assert stats["dim"] == [b, h, lq, 1] and stats["stride"] == [h * lq, lq, 1, 1] and stats["data_type"] == "float"
+    assert g.calls == ["validate", "build_operation_graph", "create_execution_plans", "check_support", "build_plans"]
+
+    monkeypatch.setattr(fp8_cudnn, "frontend", lambda: _FakeCudnn(reject=True))
+    other = (0, (1, 5, 4, 64), (1280, 256, 64, 1), (1, 5, 4, 64), (1280, 256, 64, 1), (1280, 256, 64, 1))
+    assert fp8_cudnn._graph(other) is None and other in fp8_cudnn._unsupported
