@@ -113,6 +113,14 @@ wait_child() {
     RC=$?
 }
 
+# ---- before the launcher: record the run's overrides (tools/shard_status.py reads them) ----------
+# record_start "$@" (the overrides). A failure is only a warning: the run itself does not need it.
+record_start() {
+    [[ -n $PROMPTS_FILE ]] || return 0
+    "$PYTHON" -m cosmos_dist.pipeline.preemption started --output-dir "$OUTPUT_DIR" --num-shards "$NUM_SHARDS" \
+        -- "$@" >/dev/null || say "warning: could not record the run's overrides under $OUTPUT_DIR/.shards"
+}
+
 # ---- after the launcher: marker, then requeue on a stop warning ----------------------------------
 # finish_run JOB_REF TAG "$@" (the overrides). Exits the script.
 finish_run() {

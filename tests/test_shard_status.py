@@ -198,10 +198,32 @@ def test_missing_overrides_are_said_not_silently_dropped(tmp_path, capsys):
     args = ["--prompts-file", str(prompts), "--output-dir", str(out), "--num-shards", "2"]
     assert shard_status.main(args) == 0
     text = capsys.readouterr().out
-    assert "no shard marker records this run's Hydra overrides" in text
+    assert "no shard marker or start record holds this run's Hydra overrides" in text
     assert shlex.split(text.strip().splitlines()[-1])[0] == "sbatch"
     assert shard_status.main([*args, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["overrides_recorded"] is False
     assert shard_status.main([*args, "--", "model=tiny_text2world"]) == 0
     text = capsys.readouterr().out
     assert "no shard marker" not in text and text.strip().endswith("model=tiny_text2world")
+
+
+def test_overrides_recorded_when_an_element_starts(tmp_path, capsys):
+    """The sbatch scripts record the run's overrides before launching (`preemption started`), so while every
+    element is still running (no end marker yet) the resubmission line already carries them; a newer end
+    marker of another submission wins."""
+    prompts, out, ids = make_run(tmp_path, n=6, bad_lines=0)
+    finish(out, ids[0])
+    overrides = [f"prompts_file={prompts}", f"output_dir={out}", "num_shards=2", "model=tiny_text2world"]
+    r = subprocess.run([sys.executable, "-m", "cosmos_dist.pipeline.preemption", "started", "--output-dir", str(out),
+                        "--num-shards", "2", "--", *overrides], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    assert preemption.read_run_record(out, 2)["overrides"] == overrides
+    assert preemption.read_run_record(out, 3) is None  # another num_shards is another run
+    args = ["--prompts-file", str(prompts), "--output-dir", str(out), "--num-shards", "2"]
+    assert shard_status.main(args) == 0
+    text = capsys.readouterr().out
+    assert "no shard marker" not in text and text.strip().endswith("model=tiny_text2world")
+    progress = shard_progress(prompts, out, 2, 1)
+    write_shard_marker(out, progress, overrides=[*overrides[:3], "model=tiny_video2world"])
+    assert shard_status.main(args) == 0
+    assert capsys.readouterr().out.strip().endswith("model=tiny_video2world")

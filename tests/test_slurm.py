@@ -161,6 +161,9 @@ def test_array_cancel_and_resubmit_tiny_model(cluster, tmp_path):
     victim_ids = [i for i in ids if shard_of(i, NUM_SHARDS) == victim]
     done = wait_for_first_sample(cluster, out, victim_ids, tmp_path / "logs")
     assert len(done) < len(victim_ids), "the element finished before it could be cancelled"
+    # recorded as the elements started, so shard_status has them before any element ends
+    record = json.loads((out / ".shards" / f"run-of-{NUM_SHARDS:04d}.started.json").read_text())
+    assert record["overrides"] == overrides, record
     cluster.run(["scancel", f"{job}_{victim}"])
     wait_jobs(cluster, 180)
     print(f"first submission over after {time.monotonic() - t0:.0f} s")

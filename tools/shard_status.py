@@ -30,6 +30,7 @@ from cosmos_dist.pipeline.preemption import (  # noqa: E402
     ShardProgress,
     classify,
     last_events,
+    read_run_record,
     read_shard_markers,
     sidecar_ids,
 )
@@ -141,11 +142,14 @@ def main(argv: list[str] | None = None) -> int:
     markers = read_shard_markers(args.output_dir, args.num_shards)
     overrides_known = overrides is not None
     if overrides is None:
-        newest = max(markers.values(), key=lambda m: str(m.get("time", "")), default=None)
+        # The newest record of the run's overrides: a shard's end marker, or the record an element writes
+        # as it starts (so a run whose elements are all still running or were killed has them too).
+        records = [*markers.values(), read_run_record(args.output_dir, args.num_shards) or {}]
+        newest = max((r for r in records if "overrides" in r), key=lambda m: str(m.get("time", "")), default=None)
         overrides = list((newest or {}).get("overrides") or [])
-        # No marker yet (elements still running, or killed before writing one): the printed line would
-        # silently fall back to the defaults (model=7b_text2world, ...), so say so next to it.
-        overrides_known = bool(overrides)
+        # None recorded (a run started by hand, or by scripts older than the start record): the printed line
+        # would silently fall back to the defaults (model=7b_text2world, ...), so say so next to it.
+        overrides_known = newest is not None
     todo = unfinished(shards, args.retry_failed)
     temps = temp_leftovers(args.output_dir)
     if args.clean_temp:
@@ -182,8 +186,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{len(temps)} temporary file(s) {verb}")
         if line:
             if not overrides_known:
-                print("note: no shard marker records this run's Hydra overrides (elements still running, or killed "
-                      "before writing one); the line below has none, so add yours after `--`, e.g. "
+                print("note: no shard marker or start record holds this run's Hydra overrides (a run not started "
+                      "by slurm/*.sbatch, or by older scripts); the line below has none, so add yours after `--`, e.g. "
                       "`tools/shard_status.py ... -- model=14b_text2world guidance=5`")
             print("resubmit the unfinished shards with:")
             print(line)

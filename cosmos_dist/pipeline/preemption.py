@@ -233,6 +233,33 @@ def write_shard_marker(
     return path
 
 
+def run_record_path(output_dir, num_shards: int) -> Path:
+    """One file per run (a `num_shards`): the Hydra overrides of its newest submission, written when an
+    element starts, so `shard_status` knows them before any element has ended (markers come at the end)."""
+    width = max(4, len(str(num_shards - 1)))
+    return marker_dir(output_dir) / f"run-of-{num_shards:0{width}d}.started.json"
+
+
+def write_run_record(output_dir, num_shards: int, overrides: list[str]) -> Path:
+    from cosmos_dist.io.records import utc_now, write_json_atomic
+
+    path = run_record_path(output_dir, num_shards)
+    write_json_atomic(path, {"schema": MARKER_SCHEMA, "kind": "started", "num_shards": num_shards,
+                             "overrides": list(overrides), "time": utc_now(), "host": socket.gethostname(),
+                             "slurm": slurm_job_info()})
+    return path
+
+
+def read_run_record(output_dir, num_shards: int) -> dict | None:
+    import json
+
+    try:
+        rec = json.loads(run_record_path(output_dir, num_shards).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return rec if isinstance(rec, dict) and rec.get("num_shards") == num_shards else None
+
+
 def read_shard_markers(output_dir, num_shards: int) -> dict[int, dict]:
     """shard index -> its marker (done or stopped) for markers of this `num_shards`."""
     import json
@@ -278,8 +305,15 @@ def _main(argv: list[str] | None = None) -> int:
     mark.add_argument("--reason", default=None, help="why the run ended early (USR1, TERM, exit code ...)")
     mark.add_argument("--exit-code", type=int, default=None, help="the launcher's exit status")
     mark.add_argument("overrides", nargs="*", help="the Hydra overrides of the run (recorded for resubmission)")
+    started = sub.add_parser("started", help="record the run's Hydra overrides as an element starts")
+    started.add_argument("--output-dir", required=True)
+    started.add_argument("--num-shards", type=int, required=True)
+    started.add_argument("overrides", nargs="*", help="the Hydra overrides of the run (recorded for resubmission)")
     args = parser.parse_args(argv)
 
+    if args.command == "started":
+        print(f"recorded the run's overrides -> {write_run_record(args.output_dir, args.num_shards, args.overrides)}")
+        return 0
     progress = shard_progress(args.prompts_file, args.output_dir, args.num_shards, args.shard_index)
     path = write_shard_marker(
         args.output_dir, progress, reason=args.reason or None, prompts_file=args.prompts_file,
