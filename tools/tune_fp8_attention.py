@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Time the Triton FP8 attention kernel's tile configurations at the 7B self-attention shape, beside
-cuDNN BF16 attention, and check each against a float32 reference on a subset of queries.
+cuDNN BF16 attention and cuDNN's FP8 attention (with the cuDNN frontend installed), and check each
+against a float32 reference on a subset of queries.
 
     python tools/tune_fp8_attention.py --output fp8_attention.json       # one CUDA GPU (sm_89+)
 
@@ -85,7 +86,21 @@ def main(argv=None) -> int:
             entry = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
         result["kernels"][name] = entry
         print(name, entry, flush=True)
-    out = fp8_attn.fp8_attention(q, k, v)
+    # cuDNN's fused FP8 attention (precision.fp8_attention_kernel=cudnn), where the cuDNN frontend is installed
+    from cosmos_dist.attention import fp8_cudnn
+
+    if fp8_cudnn.available(q.device):
+        (q8c, dq), (k8c, dk), (v8c, dv) = (fp8_cudnn.quantize_tensor(x) for x in (q, k, v))
+        t = timed(lambda: fp8_cudnn._cudnn_fp8_attention_op(q8c, k8c, v8c, dq, dk, dv))
+        o8, _ = fp8_cudnn._cudnn_fp8_attention_op(q8c, k8c, v8c, dq, dk, dv)
+        result["kernels"]["cudnn_fp8"] = {"ms": round(t * 1e3, 2), "tflops": round(flops / t / 1e12, 1),
+                                          "rel_err": round(err((o8.float() * dv).bfloat16()), 5)}
+        t = timed(lambda: fp8_attn.fp8_attention(q, k, v, kernel="cudnn"))
+        result["kernels"]["cudnn_fp8_with_quantisation_eager"] = {"ms": round(t * 1e3, 2)}
+        print("cudnn fp8", result["kernels"]["cudnn_fp8"], flush=True)
+    else:
+        result["kernels"]["cudnn_fp8"] = {"error": "nvidia-cudnn-frontend not installed (pip install -e .[fp8])"}
+    out = fp8_attn.fp8_attention(q, k, v, kernel="triton")
     result["fp8_attention_default"] = {"rel_err": round(err(out), 5), "config": list(fp8_attn.DEFAULT_CONFIG)}
     if args.output:
         Path(args.output).write_text(json.dumps(result, indent=2))
