@@ -303,25 +303,37 @@ class HybridUpsample(nn.Module):
         return self.conv3(x, cache)
 
 
-class UpLevel(nn.Module):
-    """One resolution level: `block.{j}` resnets, `attn.{j}.{0,1}` (spatial, temporal) if any, `upsample`."""
+class Level(nn.Module):
+    """The part of a resolution level the encoder and decoder share: `block.{j}` resnets, each followed by
+    `attn.{j}.{0,1}` (spatial, temporal) where the level has attention."""
 
-    def __init__(self, cin: int, cout: int, blocks: int, attention: bool, spatial: bool, temporal: bool):
+    def __init__(self, cin: int, cout: int, blocks: int, attention: bool):
         super().__init__()
         self.block = nn.ModuleList([ResnetBlock(cin if j == 0 else cout, cout) for j in range(blocks)])
         pairs = [nn.ModuleList([SpatialAttention(cout), TemporalAttention(cout)]) for _ in range(blocks)]
         self.attn = nn.ModuleList(pairs if attention else [])
-        self.upsample = HybridUpsample(cout, spatial, temporal) if (spatial or temporal) else None
 
-    def forward(self, x: Tensor, cache: Cache = None) -> Tensor:
+    def run_blocks(self, x: Tensor, cache: Cache = None) -> Tensor:
         n_attn = len(self.attn)
         for j, block in enumerate(self.block):
             x = block(x, cache)
-            if n_attn > 0:
+            if n_attn > 0:  # TorchScript: a ModuleList is indexed by literals only, hence the search for pair j
                 for i, pair in enumerate(self.attn):
                     if i == j:
                         for a in pair:
                             x = a(x, cache)
+        return x
+
+
+class UpLevel(Level):
+    """A decoder level: the shared blocks, then `upsample`."""
+
+    def __init__(self, cin: int, cout: int, blocks: int, attention: bool, spatial: bool, temporal: bool):
+        super().__init__(cin, cout, blocks, attention)
+        self.upsample = HybridUpsample(cout, spatial, temporal) if (spatial or temporal) else None
+
+    def forward(self, x: Tensor, cache: Cache = None) -> Tensor:
+        x = self.run_blocks(x, cache)
         if self.upsample is not None:
             x = self.upsample(x, cache)
         return x

@@ -40,10 +40,8 @@ from cosmos_dist.tokenizer.cv8x8x8 import (
     CausalConv3d,
     CausalGroupNorm,
     FactorizedConv,
+    Level,
     MidBlock,
-    ResnetBlock,
-    SpatialAttention,
-    TemporalAttention,
     build_from_state_dict,
     read_levels,
 )
@@ -173,25 +171,15 @@ class Downsample(nn.Module):
         return self.conv3(x, cache)
 
 
-class DownLevel(nn.Module):
-    """One resolution level: `block.{j}` resnets, `attn.{j}.{0,1}` (spatial, temporal) if any, `downsample`."""
+class DownLevel(Level):
+    """An encoder level: the shared blocks, then `downsample`."""
 
     def __init__(self, cin: int, cout: int, blocks: int, attention: bool, spatial: bool, temporal: bool):
-        super().__init__()
-        self.block = nn.ModuleList([ResnetBlock(cin if j == 0 else cout, cout) for j in range(blocks)])
-        pairs = [nn.ModuleList([SpatialAttention(cout), TemporalAttention(cout)]) for _ in range(blocks)]
-        self.attn = nn.ModuleList(pairs if attention else [])
+        super().__init__(cin, cout, blocks, attention)
         self.downsample = Downsample(cout, spatial, temporal) if (spatial or temporal) else None
 
     def forward(self, x: Tensor, cache: Cache = None) -> Tensor:
-        n_attn = len(self.attn)
-        for j, block in enumerate(self.block):
-            x = block(x, cache)
-            if n_attn > 0:  # TorchScript: a ModuleList is indexed by literals only, hence the search for pair j
-                for i, pair in enumerate(self.attn):
-                    if i == j:
-                        for a in pair:
-                            x = a(x, cache)
+        x = self.run_blocks(x, cache)
         if self.downsample is not None:
             x = self.downsample(x, cache)
         return x
