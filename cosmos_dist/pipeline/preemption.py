@@ -77,8 +77,12 @@ class StopFlag:
 
 
 # ---- where things are ----------------------------------------------------------------------------
+def _index_width(num_shards: int) -> int:
+    return max(4, len(str(num_shards - 1)))
+
+
 def shard_tag(shard_index: int, num_shards: int) -> str:
-    width = max(4, len(str(num_shards - 1)))
+    width = _index_width(num_shards)
     return f"shard-{shard_index:0{width}d}-of-{num_shards:0{width}d}"
 
 
@@ -236,8 +240,7 @@ def write_shard_marker(
 def run_record_path(output_dir, num_shards: int) -> Path:
     """One file per run (a `num_shards`): the Hydra overrides of its newest submission, written when an
     element starts, so `shard_status` knows them before any element has ended (markers come at the end)."""
-    width = max(4, len(str(num_shards - 1)))
-    return marker_dir(output_dir) / f"run-of-{num_shards:0{width}d}.started.json"
+    return marker_dir(output_dir) / f"run-of-{num_shards:0{_index_width(num_shards)}d}.started.json"
 
 
 def write_run_record(output_dir, num_shards: int, overrides: list[str]) -> Path:
