@@ -61,14 +61,18 @@ class PrecisionConfig:
     # torch.compile each transformer block (fuses norms, modulation, RoPE and gating: 8.5 -> 7.1 s
     # per guided 7B step on an H100). auto = on for CUDA, off on the CPU (compiling costs ~1 min).
     compile: str = "auto"
+    # Local self-attention kernel (BF16, and FP8's high-precision steps): fa3 (FlashAttention-3 on Hopper; needs
+    # `pip install fa3-fwd` or an upstream FA3 build: 6.6 vs 7.1 s per guided 7B step on an H100), sdpa (PyTorch's
+    # choice), cudnn, flash, efficient, or auto = fa3 where it can run, else sdpa.
+    attention_kernel: str = "auto"
     # FP8 (e4m3) for the DiT on Hopper-class GPUs (precision=fp8): matrix products of the transformer blocks
     # through torch._scaled_mm with row-wise scales, and self-attention in FP8 (kernel below).
     # On the CPU the same quantisation is emulated in float32 (slow; for tests). See docs/PERFORMANCE.md.
     fp8_linear: bool = False
     fp8_attention: bool = False
     # FP8 self-attention kernel: cudnn (cuDNN's fused FP8 attention; needs `pip install nvidia-cudnn-frontend`,
-    # 57 vs 70 ms for Triton at the 7B shape on an H100), triton (our kernel, no extra package), or auto = cudnn
-    # where the frontend is installed, else triton.
+    # 54 vs 70 ms for Triton at the 7B shape on an H100), fa3 (FlashAttention-3's FP8 kernel, as fast as cuDNN's;
+    # needs fa3-fwd), triton (our kernel, no extra package), or auto = cudnn, else fa3, else triton.
     fp8_attention_kernel: str = "auto"
     # Run this many first and as many last sampling steps without FP8 (keeps a high-precision copy of the
     # converted weights: 1.5x their memory).
@@ -190,6 +194,9 @@ def register_configs() -> None:
 def validate_config(cfg: Any) -> None:
     """Checks that need more than a type. Raises ConfigError naming the field and the fix."""
 
+    from cosmos_dist.attention.fp8 import KERNELS as FP8_ATTENTION_KERNELS
+    from cosmos_dist.attention.local import ATTENTION_KERNELS
+
     def bad(fieldname: str, why: str) -> None:
         raise ConfigError(f"{fieldname}: {why}")
 
@@ -227,8 +234,11 @@ def validate_config(cfg: Any) -> None:
             "worth of pixel frames per encoder chunk; 0 = the whole clip)")
     if str(cfg.precision.compile).lower() not in ("auto", "true", "false"):
         bad("precision.compile", f"{cfg.precision.compile!r}; choose auto, true or false")
-    if cfg.precision.fp8_attention_kernel not in ("auto", "cudnn", "triton"):
-        bad("precision.fp8_attention_kernel", f"{cfg.precision.fp8_attention_kernel!r} is not one of auto, cudnn, triton")
+    if cfg.precision.attention_kernel not in ATTENTION_KERNELS:
+        bad("precision.attention_kernel", f"{cfg.precision.attention_kernel!r} is not one of {', '.join(ATTENTION_KERNELS)}")
+    if cfg.precision.fp8_attention_kernel not in FP8_ATTENTION_KERNELS:
+        bad("precision.fp8_attention_kernel",
+            f"{cfg.precision.fp8_attention_kernel!r} is not one of {', '.join(FP8_ATTENTION_KERNELS)}")
     if cfg.precision.fp8_high_precision_steps < 0:
         bad("precision.fp8_high_precision_steps", f"{cfg.precision.fp8_high_precision_steps} must be >= 0")
     if (cfg.precision.fp8_linear or cfg.precision.fp8_attention) and cfg.precision.dit_dtype == "float32":

@@ -90,7 +90,8 @@ def our_step_fns(net, grid, device, dtype, attention=None):
     tok2, _ = net.patchify(net.input_channels(x2))
     positions = net.position_tables(g, fps.to(dtype))
 
-    attn = {} if attention is None else {"self_attention": attention, "cross_attention": attention}
+    # As in the pipeline, the chosen kernel serves self-attention; cross-attention (512 text tokens) stays SDPA.
+    attn = {} if attention is None else {"self_attention": attention}
 
     def one(tokens, t, e):
         return net.forward_tokens(tokens, t, e, g, fps, positions=positions, **attn)
@@ -181,10 +182,10 @@ def reference_check(net, cfg, device, dtype) -> dict:
 SHAPES_CHECK = {"7b": (16, 44, 80), "14b": (16, 44, 80)}
 
 
-def fp8_modes(net, variant: str, kernel: str = "auto"):
+def fp8_modes(net, variant: str, kernel: str = "auto", bf16_attention=None):
     """Switch the converted network between bf16 ("bf16"), FP8 linears ("linear") and FP8 linears +
     FP8 self-attention ("linear+attention", through the FP8 attention `kernel`); returns the
-    self-attention callable to use."""
+    self-attention callable to use (`bf16_attention`, default SDPA, unless FP8 attention)."""
     from functools import partial
 
     from cosmos_dist.attention import sdpa_attention
@@ -192,10 +193,12 @@ def fp8_modes(net, variant: str, kernel: str = "auto"):
     from cosmos_dist.models.fp8 import set_fp8_enabled
 
     set_fp8_enabled(net, variant != "bf16")
-    return partial(fp8_attention, kernel=kernel) if variant == "linear+attention" else sdpa_attention
+    if variant == "linear+attention":
+        return partial(fp8_attention, kernel=kernel)
+    return bf16_attention or sdpa_attention
 
 
-def fp8_quality(net, cfg, device, steps: int, grid, variant: str, kernel: str = "auto") -> dict:
+def fp8_quality(net, cfg, device, steps: int, grid, variant: str, kernel: str = "auto", bf16_attention=None) -> dict:
     """Quality gate of FP8: a full `steps`-step Euler run (guidance 7, random text embeddings) with the
     FP8 network; at every step the BF16 network is also evaluated on the same input, giving the
     relative error of the network output per step; then a separate BF16 run from the same seed gives
@@ -214,7 +217,7 @@ def fp8_quality(net, cfg, device, steps: int, grid, variant: str, kernel: str = 
 
     def denoiser(v):
         return GuidedDenoiser(net=net, grid=pgrid, fps=24.0, cond_emb=cond, uncond_emb=uncond, guidance=7.0,
-                              extra_tokens=extra, self_attention=fp8_modes(net, v, kernel))
+                              extra_tokens=extra, self_attention=fp8_modes(net, v, kernel, bf16_attention))
 
     low, high = denoiser(variant), denoiser("bf16")
     per_step = []
@@ -222,7 +225,7 @@ def fp8_quality(net, cfg, device, steps: int, grid, variant: str, kernel: str = 
     def compared(x_net, c_noise, sigma, step):
         fp8_modes(net, "bf16")
         ref = high(x_net, c_noise, sigma, step).float()
-        fp8_modes(net, variant, kernel)
+        fp8_modes(net, variant, kernel, bf16_attention)
         out = low(x_net, c_noise, sigma, step)
         per_step.append(float(torch.linalg.vector_norm(out.float() - ref) / torch.linalg.vector_norm(ref)))
         return out
@@ -295,7 +298,7 @@ def time_modes(fns, modes, label, result, args, timer, flops, device) -> None:
         print(f"{label} {mode:10s} {med:8.3f} s/step  {entry['tflops']:7.1f} TFLOP/s  peak {entry.get('peak_gb', '-')} GB", flush=True)
 
 
-def run_fp8(net, cfg, grid_latent, modes, result, args, timer, flops, device) -> None:
+def run_fp8(net, cfg, grid_latent, modes, result, args, timer, flops, device, bf16_attention=None) -> None:
     from cosmos_dist.models.fp8 import convert_blocks_to_fp8
 
     # Keep the bf16 weights beside the FP8 copies so one network serves both sides of the comparison.
@@ -306,7 +309,7 @@ def run_fp8(net, cfg, grid_latent, modes, result, args, timer, flops, device) ->
     result["fp8"] = {"converted_linears": n, "attention_kernel": resolve_kernel(kernel, device)}
     print("FP8 attention kernel:", result["fp8"]["attention_kernel"], flush=True)
     for variant in ("linear", "linear+attention"):
-        attn = fp8_modes(net, variant, kernel)
+        attn = fp8_modes(net, variant, kernel, bf16_attention)
         fns = our_step_fns(net, grid_latent, device, net.dtype, attn)[0]
         time_modes(fns, modes, f"fp8[{variant}]", result, args, timer, flops, device)
         if args.profile and variant == "linear+attention":
@@ -320,7 +323,8 @@ def run_fp8(net, cfg, grid_latent, modes, result, args, timer, flops, device) ->
     if args.fp8_quality_steps:
         grid = SHAPES_CHECK.get(args.model, SHAPES[args.model])
         result["fp8"]["quality"] = [
-            fp8_quality(net, cfg, device, args.fp8_quality_steps, grid, v, kernel) for v in ("linear", "linear+attention")
+            fp8_quality(net, cfg, device, args.fp8_quality_steps, grid, v, kernel, bf16_attention)
+            for v in ("linear", "linear+attention")
         ]
         save_partial(result, args)
         for q in result["fp8"]["quality"]:
@@ -340,7 +344,9 @@ def main(argv=None) -> int:
     ap.add_argument("--compile", action="store_true", help="torch.compile each transformer block")
     ap.add_argument("--diffusers", action="store_true", help="also time diffusers' CosmosTransformer3DModel")
     ap.add_argument("--profile", action="store_true", help="profiler shares of attention / matmul / other")
-    ap.add_argument("--attention", default="sdpa", help="local attention backend: sdpa, cudnn, flash, efficient")
+    ap.add_argument("--attention", default="auto",
+                    help="local (BF16) self-attention kernel(s), comma-separated: auto (fa3 where installed, else sdpa), "
+                         "sdpa, cudnn, flash, efficient, fa3; FP8 linears without FP8 attention use the last")
     ap.add_argument("--write-checkpoint", help="first write a random real-format model.pt here (timed)")
     ap.add_argument("--checkpoint", help="load the network from this model.pt / .safetensors (timed) instead of random init")
     ap.add_argument("--check", action="store_true", help="compare one bf16 forward with a float32 eager forward at a reduced latent")
@@ -405,15 +411,20 @@ def main(argv=None) -> int:
             for block in net.blocks.values():
                 block.compile(dynamic=False)  # as the pipeline does (precision.compile)
         from cosmos_dist.attention import get_local_attention
+        from cosmos_dist.attention.local import resolve_attention_kernel
 
+        result["attention_kernels"] = []
         for backend in args.attention.split(","):
-            fns = our_step_fns(net, grid_latent, device, dtype, get_local_attention(backend))[0]
+            backend = resolve_attention_kernel(backend, device)
+            result["attention_kernels"].append(backend)
+            bf16_attention = get_local_attention(backend)
+            fns = our_step_fns(net, grid_latent, device, dtype, bf16_attention)[0]
             time_modes(fns, modes, f"ours[{backend}]", result, args, timer, flops, device)
         if args.profile:
             result["ours"]["profile"] = profile_shares(fns[modes[0]], device)
             print("ours profile shares:", result["ours"]["profile"]["share"], flush=True)
         if args.fp8:
-            run_fp8(net, cfg, grid_latent, modes, result, args, timer, flops, device)
+            run_fp8(net, cfg, grid_latent, modes, result, args, timer, flops, device, bf16_attention)
         del net, fns
         # Compiled graphs keep the network's tensors alive; drop them before diffusers' model comes in.
         import gc

@@ -100,6 +100,51 @@ LOCAL_BACKENDS: dict[str, Callable] = {
 }
 
 
+def _fa3(q, k, v):
+    from cosmos_dist.attention.fa3 import fa3_attention
+
+    return fa3_attention(q, k, v)
+
+
+def _fa3_with_lse(q, k, v):
+    from cosmos_dist.attention.fa3 import fa3_attention_with_lse
+
+    return fa3_attention_with_lse(q, k, v)
+
+
+_fa3.__name__ = "fa3_attention"
+LOCAL_BACKENDS["fa3"] = _fa3  # FlashAttention-3 (Hopper), where an FA3 build is installed: attention/fa3.py
+
+#: precision.attention_kernel: the local (BF16) self-attention kernel. auto = fa3 where an FA3 build is
+#: installed and the GPU is a Hopper, else sdpa (PyTorch's choice: cuDNN attention on an H100).
+ATTENTION_KERNELS = ("auto", "sdpa", "cudnn", "flash", "efficient", "fa3")
+
+
+def resolve_attention_kernel(name: str, device: torch.device) -> str:
+    """The kernel `name` means on `device`; a RuntimeError (with the fix) where it cannot run there."""
+    if name not in ATTENTION_KERNELS:
+        raise ValueError(f"attention kernel must be one of {', '.join(ATTENTION_KERNELS)}; got {name!r}")
+    from cosmos_dist.attention import fa3
+
+    if name == "auto":
+        return "fa3" if fa3.available(device) else "sdpa"
+    if name == "fa3" and not fa3.available(device):
+        why = ("no FA3 build imports: pip install fa3-fwd (or cosmos-dist[fa3]), or build flash-attention's hopper/"
+               if fa3.build_name() is None else "FA3 runs on Hopper GPUs (compute capability 9.x) only")
+        raise RuntimeError(f"attention kernel fa3: {why}; or choose auto or sdpa")
+    return name
+
+
+def local_kernels(name: str) -> dict:
+    """The self-attention callables of a resolved kernel name, as `denoiser_options` takes them: `local`
+    (bshd in and out) and `lse_kernel` (also the log-sum-exp, for ring attention). {} for plain SDPA."""
+    if name == "sdpa":
+        return {}
+    if name == "fa3":
+        return {"local": _fa3, "lse_kernel": _fa3_with_lse}
+    return {"local": get_local_attention(name)}
+
+
 def get_local_attention(name: str = "sdpa") -> Callable:
     try:
         return LOCAL_BACKENDS[name]

@@ -160,23 +160,39 @@ def fp8_attention_kernel(prec, device) -> str | None:
         raise ConfigError(f"precision.fp8_attention_kernel: {exc}") from None
 
 
-def attention_kernels(cfg, layout, grid, num_heads, num_steps):
-    """The local attention kernels for precision.fp8_attention, and the steps that run without FP8
-    (precision.fp8_high_precision_steps first and last) with the self-attention they use."""
+def attention_kernel(prec, device) -> str:
+    """The local self-attention kernel precision.attention_kernel means on `device` (fa3, sdpa, ...); a
+    ConfigError where it cannot run there."""
+    from cosmos_dist.attention.local import resolve_attention_kernel
+
+    try:
+        return resolve_attention_kernel(prec.attention_kernel, device)
+    except RuntimeError as exc:
+        raise ConfigError(f"precision.attention_kernel: {exc}") from None
+
+
+def attention_kernels(cfg, layout, grid, num_heads, num_steps, kernel: str = "sdpa"):
+    """The local attention kernels: the FP8 ones for precision.fp8_attention, else those of the resolved
+    `kernel` (precision.attention_kernel); and the steps that run without FP8 (precision.fp8_high_precision_steps
+    first and last) with the self-attention they use."""
+    from cosmos_dist.attention.local import local_kernels
+
     prec = cfg.precision
-    local = {}
+    local = local_kernels(kernel)
     if prec.fp8_attention:
         from functools import partial
 
         from cosmos_dist.attention.fp8 import fp8_attention, fp8_attention_with_lse
 
-        kernel = prec.fp8_attention_kernel
-        local = {"local": partial(fp8_attention, kernel=kernel), "lse_kernel": partial(fp8_attention_with_lse, kernel=kernel)}
+        fp8_kernel = prec.fp8_attention_kernel
+        local = {"local": partial(fp8_attention, kernel=fp8_kernel),
+                 "lse_kernel": partial(fp8_attention_with_lse, kernel=fp8_kernel)}
     k = prec.fp8_high_precision_steps if (prec.fp8_linear or prec.fp8_attention) else 0
     if k == 0:
         return local, frozenset(), None
     steps = frozenset(range(min(k, num_steps))) | frozenset(range(max(0, num_steps - k), num_steps))
-    hp_attention = layout.denoiser_options(cfg.parallel, grid, num_heads)["self_attention"] if local else None
+    hp_attention = (layout.denoiser_options(cfg.parallel, grid, num_heads, **local_kernels(kernel))["self_attention"]
+                    if prec.fp8_attention else None)
     return local, steps, hp_attention
 
 
@@ -200,7 +216,8 @@ def sample_latent(pipe, sample_id: str, seed: int, cond, uncond, condition=None)
     extra = mask_tokens(net, shape, pipe.device, net.dtype, None if condition is None else condition.mask)
     if token_range is not None:
         extra = extra[:, token_range[0] : token_range[1]]
-    local, hp_steps, hp_attention = attention_kernels(cfg, layout, grid, net.config.num_heads, settings.num_steps)
+    local, hp_steps, hp_attention = attention_kernels(cfg, layout, grid, net.config.num_heads, settings.num_steps,
+                                                      pipe.attention_kernel)
     denoiser = GuidedDenoiser(
         net=net, grid=grid, fps=cfg.fps, cond_emb=cond, uncond_emb=uncond, guidance=cfg.guidance,
         extra_tokens=extra, token_range=token_range,
@@ -221,7 +238,8 @@ def sample_latent(pipe, sample_id: str, seed: int, cond, uncond, condition=None)
 
 # ---- outputs -------------------------------------------------------------------------------------
 def precision_record(pipe) -> dict:
-    rec = {"dit": dtype_name(pipe.dit_dtype), "tokenizer": dtype_name(pipe.tokenizer_dtype), "text_encoder": dtype_name(pipe.text_dtype)}
+    rec = {"dit": dtype_name(pipe.dit_dtype), "tokenizer": dtype_name(pipe.tokenizer_dtype), "text_encoder": dtype_name(pipe.text_dtype),
+           "attention_kernel": pipe.attention_kernel}
     prec = pipe.cfg.precision
     if prec.fp8_linear or prec.fp8_attention:
         rec["dit_fp8"] = {

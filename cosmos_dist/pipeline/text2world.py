@@ -50,7 +50,9 @@ class Text2WorldPipeline(ChunkedRun):
         self.dit_dtype = stages.resolve_dtype(cfg.precision.dit_dtype, self.device)
         self.tokenizer_dtype = stages.resolve_dtype(cfg.precision.tokenizer_dtype, self.device)
         self.text_dtype = stages.resolve_dtype(cfg.precision.text_encoder_dtype, self.device)
-        # Which FP8 attention kernel runs (cudnn / triton / emulated); a missing package fails here, not mid-run.
+        # Which attention kernels run (fa3 / sdpa ...; FP8: cudnn / fa3 / triton / emulated); a missing package
+        # fails here, not mid-run.
+        self.attention_kernel = stages.attention_kernel(cfg.precision, self.device)
         self.fp8_attention_kernel = stages.fp8_attention_kernel(cfg.precision, self.device)
 
     # ---- setup -----------------------------------------------------------------------------
