@@ -297,7 +297,8 @@ def run_sample(m, res, meter: Meter, args, kind: str, preset_cfg) -> None:
 
     def dit():
         with uses(res, "dit"):
-            pipe = SimpleNamespace(cfg=preset_cfg.run, net=m.net, layout=preset_cfg.layout, device=dev)
+            pipe = SimpleNamespace(cfg=preset_cfg.run, net=m.net, layout=preset_cfg.layout, device=dev,
+                                   attention_kernel=stages.attention_kernel(preset_cfg.run.precision, dev))
             return stages.sample_latent(pipe, "measure", 1, cond.to(dev), uncond.to(dev), condition)
     latent = meter.stage("dit_sampling", dit)
     del cond, uncond, condition
@@ -458,6 +459,9 @@ def main(argv=None) -> int:
         "compile": not args.no_compile and pin, "dit_stream": not args.no_dit_stream, "guardrail_standin": args.guardrail,
         "upsampler": not args.no_upsampler, "units": "GiB (2^30 bytes) unless a key says gb", "kinds": {},
     }
+    from cosmos_dist.attention.local import resolve_attention_kernel
+
+    report["attention_kernel"] = resolve_attention_kernel("auto", device)  # precision.attention_kernel's default
     build_dev = device
     m = SimpleNamespace()
     store: dict = {}
