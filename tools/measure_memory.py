@@ -201,14 +201,17 @@ def build_tokenizer(tiny: bool, device, dtype, decode_chunk: int, encode_chunk: 
                  f"parameters, random, encode {enc_how}")
 
 
-def build_dit(preset: str, device, compile_blocks: bool):
+def build_dit(preset: str, device, compile_blocks: bool, fp8: bool = False):
     from cosmos_dist.models import build_dit as build, get_preset
+    from cosmos_dist.models.fp8 import convert_blocks_to_fp8
 
     dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
     net = build(get_preset(preset), device=device, dtype=dtype)
     with torch.no_grad():
         for p in net.parameters():
             p.normal_(0, 0.02)
+        if fp8:  # as the pipeline's load_dit does for precision=fp8: before compiling
+            convert_blocks_to_fp8(net)
     if compile_blocks:
         for block in net.blocks.values():
             block.compile(dynamic=False)
@@ -422,6 +425,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cfg-mode", choices=["batch", "sequential"], default="batch",
                     help="batch = the pipeline's single-GPU default (parallel.batch_cfg=true); sequential = the reference")
     ap.add_argument("--no-compile", action="store_true", help="eager DiT blocks (default: compiled, as on CUDA)")
+    ap.add_argument("--precision", choices=["bf16", "fp8"], default="bf16",
+                    help="the DiT's precision: bf16, or fp8 (FP8 linears + FP8 attention, as precision=fp8)")
     ap.add_argument("--no-dit-stream", action="store_true", help="level dit moves the DiT whole instead of streaming")
     ap.add_argument("--guardrail", choices=["aegis", "qwen3guard"], default="aegis")
     ap.add_argument("--no-upsampler", action="store_true")
@@ -461,7 +466,11 @@ def main(argv=None) -> int:
     }
     from cosmos_dist.attention.local import resolve_attention_kernel
 
-    report["attention_kernel"] = resolve_attention_kernel("auto", device)  # precision.attention_kernel's default
+    from cosmos_dist.attention.fp8 import resolve_kernel
+
+    report["precision"] = args.precision
+    report["attention_kernel"] = (f"fp8 {resolve_kernel('auto', device)}" if args.precision == "fp8"
+                                  else resolve_attention_kernel("auto", device))  # the config defaults (auto)
     build_dev = device
     m = SimpleNamespace()
     store: dict = {}
@@ -503,12 +512,13 @@ def main(argv=None) -> int:
     for kind in kinds:
         preset = ("tiny" if args.tiny else args.model) + ("_text2world" if kind == "t2w" else "_video2world")
         log(f"building the DiT {preset}")
-        m.net = build_dit(preset, build_dev, compile_blocks=pin and not args.no_compile)
+        m.net = build_dit(preset, build_dev, compile_blocks=pin and not args.no_compile, fp8=args.precision == "fp8")
         to_store("dit", [m.net], store, pin)
         run = OmegaConf.structured(GenerateConfig)
         run.num_steps = args.steps
         run.progress = False
         run.parallel.batch_cfg = args.cfg_mode == "batch"
+        run.precision.fp8_linear = run.precision.fp8_attention = args.precision == "fp8"
         if args.tiny:
             run.num_frames, run.height, run.width = 17, 32, 48
         preset_cfg = SimpleNamespace(run=run, layout=SingleProcess(), dtype=m.net.dtype,
