@@ -8,7 +8,9 @@ this compares, against torch.nn.functional.scaled_dot_product_attention:
 - the ring merge: K/V split into 2 and 4 blocks, one `attention_with_lse` per block, partial
   outputs merged by log-sum-exp in float32 (what each rank does over a ring of 2 / 4);
 - the ulysses head split: attention for H/n heads at a time over the whole sequence (what each
-  rank does after the all-to-all), n = 2, 4, 8, results concatenated.
+  rank does after the all-to-all), n = 2, 4, 8, results concatenated;
+- on CUDA, the other kernels the pipeline can pick: FlashAttention-3 BF16 (`fa3`, where an FA3 build is
+  installed) and the FP8 kernels `fp8[cudnn]`, `fp8[fa3]`, `fp8[triton]`, timed with their quantisation.
 
 It prints relative errors (||x - sdpa|| / ||sdpa||, and against a float32 reference on a subset of
 queries), the median time over several repeats after warm-up (CUDA events on the GPU), and
@@ -118,6 +120,20 @@ def fp32_reference(q, k, v, nq: int) -> tuple[torch.Tensor, torch.Tensor]:
     return out.transpose(1, 2), lse
 
 
+def other_kernels(dev: torch.device) -> list[tuple[str, Callable]]:
+    """(name, kernel returning (out, lse)): FA3 BF16 and the FP8 kernels, where CUDA is."""
+    if dev.type != "cuda":
+        return []
+    from functools import partial
+
+    from cosmos_dist.attention.fa3 import fa3_attention_with_lse
+    from cosmos_dist.attention.fp8 import fp8_attention_with_lse
+
+    return [("fa3", fa3_attention_with_lse)] + [
+        (f"fp8[{kernel}]", partial(fp8_attention_with_lse, kernel=kernel)) for kernel in ("cudnn", "fa3", "triton")
+    ]
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     dev, dtype = args.device, args.dtype
@@ -175,6 +191,19 @@ def main(argv=None) -> dict:
     lse_err = float((lse[:, :, :nq].float() - ref_lse).abs().max())
     record("attention_with_lse", out, times, sdpa_out, {"lse_max_abs_err_vs_fp32": lse_err})
     del out, lse
+
+    # The other local kernels the pipeline can pick (precision.attention_kernel, fp8_attention_kernel), each
+    # with its LSE, FP8 ones including their quantisation of q/k/v; those that cannot run here are listed.
+    for name, fn in other_kernels(dev):
+        try:
+            (out, lse), times = timed(lambda: fn(q, k, v), dev, args.warmup, args.repeats)
+        except (RuntimeError, ValueError) as exc:
+            results.append({"name": name, "error": str(exc).splitlines()[0]})
+            print(f"{name} unavailable: {str(exc).splitlines()[0]}", flush=True)
+            continue
+        lse_err = float((lse[:, :, :nq].float() - ref_lse).abs().max())
+        record(name, out, times, sdpa_out, {"lse_max_abs_err_vs_fp32": lse_err})
+        del out, lse
 
     for n in args.ring:
         out, times = timed(lambda: ring_merge(q, k, v, n), dev, args.warmup, args.repeats)

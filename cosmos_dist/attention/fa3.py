@@ -61,7 +61,10 @@ def _fa3_op(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, L, H, D) q, k, v (bf16/fp16, or e4m3 with (B, H) float32 descales) -> out (B, Lq, H, D) (bf16 for
     e4m3 inputs) and the LSE (B, H, Lq) float32. Opaque to torch.compile, which fuses what is around it."""
-    out, lse, *_ = _fwd_op()(
+    op = _fwd_op()
+    if op is None:
+        raise RuntimeError("no FA3 build imports: pip install fa3-fwd (or cosmos-dist[fa3])")
+    out, lse, *_ = op(
         q, k, v, q_descale=q_descale, k_descale=k_descale, v_descale=v_descale,
         softmax_scale=1.0 / math.sqrt(q.shape[-1]), is_causal=False,
     )
