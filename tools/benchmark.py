@@ -303,6 +303,11 @@ def run_fp8(net, cfg, grid_latent, modes, result, args, timer, flops, device, bf
 
     # Keep the bf16 weights beside the FP8 copies so one network serves both sides of the comparison.
     n = convert_blocks_to_fp8(net, keep_high_precision=True)
+    if args.compile:  # recompiled with the pipeline's FP8 compile options (stages.compile_blocks)
+        from cosmos_dist.pipeline.stages import compile_blocks
+
+        torch._dynamo.reset()
+        compile_blocks(net, fp8=True)
     from cosmos_dist.attention.fp8 import resolve_kernel
 
     kernel = args.fp8_attention_kernel
@@ -408,8 +413,9 @@ def main(argv=None) -> int:
         if args.compile:
             # FP8 variants and the reduced quality latent each compile their own graphs.
             torch._dynamo.config.cache_size_limit = max(64, torch._dynamo.config.cache_size_limit)
-            for block in net.blocks.values():
-                block.compile(dynamic=False)  # as the pipeline does (precision.compile)
+            from cosmos_dist.pipeline.stages import compile_blocks
+
+            compile_blocks(net)  # as the pipeline does (precision.compile); FP8 recompiles below
         from cosmos_dist.attention import get_local_attention
         from cosmos_dist.attention.local import resolve_attention_kernel
 

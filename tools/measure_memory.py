@@ -213,8 +213,9 @@ def build_dit(preset: str, device, compile_blocks: bool, fp8: bool = False):
         if fp8:  # as the pipeline's load_dit does for precision=fp8: before compiling
             convert_blocks_to_fp8(net)
     if compile_blocks:
-        for block in net.blocks.values():
-            block.compile(dynamic=False)
+        from cosmos_dist.pipeline.stages import compile_blocks as compile_net
+
+        compile_net(net, fp8=fp8)  # as the pipeline's load_dit does
     return net
 
 
