@@ -3,13 +3,14 @@
 FA3 is not on PyPI as the upstream project publishes it: it is built from flash-attention's `hopper/`
 directory (module `flash_attn_3._C`, ops under `torch.ops.flash_attn_3`) or installed as the
 forward-only wheel `fa3-fwd` (module `fa3_fwd._C`, ops under `torch.ops.fa3_fwd`; the optional
-extra `cosmos-dist[fa3]`). Both register the same `fwd` operator through PyTorch's stable ABI, so
-one build serves several torch versions. Without either, nothing here is used.
+extra `cosmos-dist[fa3]`, built on PyTorch's stable ABI, so one wheel serves several torch versions).
+Both register a `fwd` operator with the same schema; it is called by keyword. Without either build,
+nothing here is used.
 
 Why: on an H100 at the 7B self-attention shape (56,320 tokens, 32 heads of 128) FA3's BF16 kernel
-runs a batch of two (the batched guidance pass) at ~700 TFLOP/s where cuDNN's SDPA gives ~620, and its
-FP8 kernel matches cuDNN's (~960 TFLOP/s) while taking one scale per (batch, head) and writing a
-bf16 output, so no e4m3 output round trip (docs/PERFORMANCE.md has the measurements).
+runs at ~730 TFLOP/s, batch 1 or 2, where cuDNN's SDPA gives 616-644: a 7B guided step goes from 7.1 to
+6.5 s. Its FP8 kernel matches cuDNN's (~950 TFLOP/s) while taking one scale per (batch, head) and
+writing a bf16 output, so no e4m3 output round trip (docs/PERFORMANCE.md has the measurements).
 
 Numerics: no mask, softmax scale 1/sqrt(D); (B, L, H, D) in and out; the log-sum-exp per query
 (B, H, Lq, float32, natural log) comes back for ring attention. FP8: q, k and v in e4m3 with float32
