@@ -16,6 +16,9 @@ from typing import Callable, Protocol
 import torch
 import torch.nn.functional as F
 
+# Cheap to import: it loads an FA3 build only when first asked whether one is available.
+from cosmos_dist.attention import fa3
+
 
 class AttentionFn(Protocol):
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor: ...
@@ -100,20 +103,7 @@ LOCAL_BACKENDS: dict[str, Callable] = {
 }
 
 
-def _fa3(q, k, v):
-    from cosmos_dist.attention.fa3 import fa3_attention
-
-    return fa3_attention(q, k, v)
-
-
-def _fa3_with_lse(q, k, v):
-    from cosmos_dist.attention.fa3 import fa3_attention_with_lse
-
-    return fa3_attention_with_lse(q, k, v)
-
-
-_fa3.__name__ = "fa3_attention"
-LOCAL_BACKENDS["fa3"] = _fa3  # FlashAttention-3 (Hopper), where an FA3 build is installed: attention/fa3.py
+LOCAL_BACKENDS["fa3"] = fa3.fa3_attention  # FlashAttention-3 (Hopper), where an FA3 build is installed
 
 #: precision.attention_kernel: the local (BF16) self-attention kernel. auto = fa3 where an FA3 build is
 #: installed and the GPU is a Hopper, else sdpa (PyTorch's choice: cuDNN attention on an H100).
@@ -124,8 +114,6 @@ def resolve_attention_kernel(name: str, device: torch.device) -> str:
     """The kernel `name` means on `device`; a RuntimeError (with the fix) where it cannot run there."""
     if name not in ATTENTION_KERNELS:
         raise ValueError(f"attention kernel must be one of {', '.join(ATTENTION_KERNELS)}; got {name!r}")
-    from cosmos_dist.attention import fa3
-
     if name == "auto":
         return "fa3" if fa3.available(device) else "sdpa"
     if name == "fa3" and not fa3.available(device):
@@ -141,7 +129,7 @@ def local_kernels(name: str) -> dict:
     if name == "sdpa":
         return {}
     if name == "fa3":
-        return {"local": _fa3, "lse_kernel": _fa3_with_lse}
+        return {"local": fa3.fa3_attention, "lse_kernel": fa3.fa3_attention_with_lse}
     return {"local": get_local_attention(name)}
 
 
