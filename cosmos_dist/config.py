@@ -70,9 +70,14 @@ class PrecisionConfig:
     # On the CPU the same quantisation is emulated in float32 (slow; for tests). See docs/PERFORMANCE.md.
     fp8_linear: bool = False
     fp8_attention: bool = False
+    # FP8 linear kernel: cublas (torch._scaled_mm, one scale per weight row and per token, fused into the
+    # compiled blocks), te (Transformer Engine's te.Linear, one scale per tensor; needs `pip install
+    # cosmos-dist[te]`; not measured on this project's GPU), or auto = cublas.
+    fp8_linear_kernel: str = "auto"
     # FP8 self-attention kernel: cudnn (cuDNN's fused FP8 attention; needs `pip install nvidia-cudnn-frontend`,
     # 54 vs 70 ms for Triton at the 7B shape on an H100), fa3 (FlashAttention-3's FP8 kernel, as fast as cuDNN's;
-    # needs fa3-fwd), triton (our kernel, no extra package), or auto = cudnn, else fa3, else triton.
+    # needs fa3-fwd), triton (our kernel, no extra package), te (Transformer Engine's FP8 DotProductAttention;
+    # not with cp_impl ring/usp), or auto = cudnn, else fa3, else triton.
     fp8_attention_kernel: str = "auto"
     # Run this many first and as many last sampling steps without FP8 (keeps a high-precision copy of the
     # converted weights: 1.5x their memory).
@@ -196,6 +201,7 @@ def validate_config(cfg: Any) -> None:
 
     from cosmos_dist.attention.fp8 import KERNELS as FP8_ATTENTION_KERNELS
     from cosmos_dist.attention.local import ATTENTION_KERNELS
+    from cosmos_dist.models.fp8 import LINEAR_KERNELS as FP8_LINEAR_KERNELS
 
     def bad(fieldname: str, why: str) -> None:
         raise ConfigError(f"{fieldname}: {why}")
@@ -236,6 +242,9 @@ def validate_config(cfg: Any) -> None:
         bad("precision.compile", f"{cfg.precision.compile!r}; choose auto, true or false")
     if cfg.precision.attention_kernel not in ATTENTION_KERNELS:
         bad("precision.attention_kernel", f"{cfg.precision.attention_kernel!r} is not one of {', '.join(ATTENTION_KERNELS)}")
+    if cfg.precision.fp8_linear_kernel not in FP8_LINEAR_KERNELS:
+        bad("precision.fp8_linear_kernel",
+            f"{cfg.precision.fp8_linear_kernel!r} is not one of {', '.join(FP8_LINEAR_KERNELS)}")
     if cfg.precision.fp8_attention_kernel not in FP8_ATTENTION_KERNELS:
         bad("precision.fp8_attention_kernel",
             f"{cfg.precision.fp8_attention_kernel!r} is not one of {', '.join(FP8_ATTENTION_KERNELS)}")

@@ -28,7 +28,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cosmos_dist.attention.fp8 import KERNELS as FP8_ATTENTION_KERNELS  # noqa: E402
 from cosmos_dist.models import build_dit, get_preset  # noqa: E402
+from cosmos_dist.models.fp8 import LINEAR_KERNELS as FP8_LINEAR_KERNELS  # noqa: E402
 
 SHAPES = {  # latent (T, H, W) per model size: 121 x 704 x 1280 video for the real ones
     "tiny": (3, 16, 24),
@@ -299,10 +301,11 @@ def time_modes(fns, modes, label, result, args, timer, flops, device) -> None:
 
 
 def run_fp8(net, cfg, grid_latent, modes, result, args, timer, flops, device, bf16_attention=None) -> None:
-    from cosmos_dist.models.fp8 import convert_blocks_to_fp8
+    from cosmos_dist.models.fp8 import convert_blocks_to_fp8, resolve_linear_kernel
 
+    linear_kernel = resolve_linear_kernel(args.fp8_linear_kernel, device)
     # Keep the bf16 weights beside the FP8 copies so one network serves both sides of the comparison.
-    n = convert_blocks_to_fp8(net, keep_high_precision=True)
+    n = convert_blocks_to_fp8(net, keep_high_precision=True, kernel=linear_kernel)
     if args.compile:  # recompiled with the pipeline's FP8 compile options (stages.compile_blocks)
         from cosmos_dist.pipeline.stages import compile_blocks
 
@@ -311,8 +314,9 @@ def run_fp8(net, cfg, grid_latent, modes, result, args, timer, flops, device, bf
     from cosmos_dist.attention.fp8 import resolve_kernel
 
     kernel = args.fp8_attention_kernel
-    result["fp8"] = {"converted_linears": n, "attention_kernel": resolve_kernel(kernel, device)}
-    print("FP8 attention kernel:", result["fp8"]["attention_kernel"], flush=True)
+    result["fp8"] = {"converted_linears": n, "linear_kernel": linear_kernel,
+                     "attention_kernel": resolve_kernel(kernel, device)}
+    print("FP8 linear kernel:", linear_kernel, "| FP8 attention kernel:", result["fp8"]["attention_kernel"], flush=True)
     for variant in ("linear", "linear+attention"):
         attn = fp8_modes(net, variant, kernel, bf16_attention)
         fns = our_step_fns(net, grid_latent, device, net.dtype, attn)[0]
@@ -356,8 +360,12 @@ def main(argv=None) -> int:
     ap.add_argument("--checkpoint", help="load the network from this model.pt / .safetensors (timed) instead of random init")
     ap.add_argument("--check", action="store_true", help="compare one bf16 forward with a float32 eager forward at a reduced latent")
     ap.add_argument("--fp8", action="store_true", help="also time FP8 linears and FP8 linears + FP8 attention (precision=fp8)")
-    ap.add_argument("--fp8-attention-kernel", default="auto", choices=["auto", "cudnn", "triton"],
-                    help="FP8 self-attention kernel (precision.fp8_attention_kernel); auto = cudnn where installed")
+    ap.add_argument("--fp8-linear-kernel", default="auto", choices=FP8_LINEAR_KERNELS,
+                    help="FP8 linear kernel (precision.fp8_linear_kernel): cublas (torch._scaled_mm), te "
+                         "(Transformer Engine); auto = cublas")
+    ap.add_argument("--fp8-attention-kernel", default="auto", choices=FP8_ATTENTION_KERNELS,
+                    help="FP8 self-attention kernel (precision.fp8_attention_kernel); auto = cudnn where installed, "
+                         "else fa3, else triton")
     ap.add_argument("--fp8-quality-steps", type=int, default=0,
                     help="with --fp8: run this many sampling steps at a reduced latent for the FP8 quality figures")
     ap.add_argument("--output", help="write the results as JSON here")

@@ -366,6 +366,18 @@ def make_self_attention(
     raise ConfigError(f"unknown cp implementation {impl!r}; choose one of {', '.join(IMPLS)} (or auto)")
 
 
+def _layout_ulysses_size(layout: Any) -> int | None:
+    return layout.config.ulysses_size or (layout.ulysses_size if layout.ulysses_size > 1 else None)
+
+
+def impl_for_layout(layout: Any, num_heads: int, impl: str | None = None) -> str:
+    """The cp implementation `impl` (default: the layout's parallel.cp_impl) resolves to on this layout."""
+    if layout.cp_size == 1:
+        return "local"
+    return resolve_impl(impl or layout.config.cp_impl, num_heads, layout.cp_size, layout.cp_fits_in_node,
+                        _layout_ulysses_size(layout))
+
+
 def self_attention_for_layout(
     layout: Any,
     grid: Sequence[int],
@@ -380,11 +392,10 @@ def self_attention_for_layout(
     Uses the layout's cp group and config (impl defaults to layout.config.cp_impl). Collective when
     usp needs sub-groups that init_layout did not build: call it on every rank in the same order."""
     cp = layout.cp_size
-    impl = impl or layout.config.cp_impl
     if cp == 1:
         return local, validate_cp(grid, num_heads, 1, "ring"), "local"
-    u = layout.config.ulysses_size or (layout.ulysses_size if layout.ulysses_size > 1 else None)
-    resolved = resolve_impl(impl, num_heads, cp, layout.cp_fits_in_node, u)
+    u = _layout_ulysses_size(layout)
+    resolved = impl_for_layout(layout, num_heads, impl)
     te_comm = te_kwargs.get("cp_comm_type", layout.config.te_comm_type)
     if u is None and (resolved == "usp" or (resolved == "te" and te_comm == "a2a+p2p")):
         what = "cp_impl=usp" if resolved == "usp" else "cp_impl=te with te_comm_type=a2a+p2p"

@@ -195,7 +195,9 @@ def _fp8_attention_reference(q, k, v, chunk: int = 2048):
 #: (the kernel above), "auto" = cudnn where the frontend is installed, else fa3 where an FA3 build is, else
 #: triton. cuDNN and FA3 run at the same speed on an H100 (~950 TFLOP/s at the 7B shape); FA3 takes one scale
 #: per (batch, head) and writes bf16, cuDNN one scale per tensor and e4m3. precision.fp8_attention_kernel.
-KERNELS = ("auto", "cudnn", "fa3", "triton")
+#: "te": Transformer Engine's DotProductAttention in FP8 (cosmos_dist.attention.fp8_te; no LSE, so not under
+#: ring / usp; never picked by auto).
+KERNELS = ("auto", "cudnn", "fa3", "triton", "te")
 
 
 def resolve_kernel(kernel: str, device: torch.device) -> str:
@@ -203,6 +205,14 @@ def resolve_kernel(kernel: str, device: torch.device) -> str:
     stand-in)."""
     if kernel not in KERNELS:
         raise ValueError(f"FP8 attention kernel must be one of {KERNELS}; got {kernel!r}")
+    if kernel == "te":
+        from cosmos_dist.models import fp8_te
+
+        fp8_te.import_te()  # says why it does not import, with the install line
+        if not fp8_te.available(device):
+            raise RuntimeError(f"fp8_attention_kernel=te needs a CUDA GPU with FP8 tensor cores (Ada, Hopper or "
+                               f"newer); the DiT runs on {device}")
+        return "te"
     if not triton_available(device):
         if kernel in ("cudnn", "fa3") and device.type == "cuda":
             raise RuntimeError(f"fp8_attention_kernel={kernel} needs an FP8-capable GPU (Hopper or newer)")
@@ -223,6 +233,10 @@ def resolve_kernel(kernel: str, device: torch.device) -> str:
 def fp8_attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                            kernel: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """FP8 attention, (B, L, H, D) in and out, plus the LSE (B, H, Lq) in float32."""
+    if kernel == "te":  # (never what auto resolves to)
+        from cosmos_dist.attention.fp8_te import te_fp8_attention_with_lse
+
+        return te_fp8_attention_with_lse(q, k, v)
     which = resolve_kernel(kernel, q.device)
     if which == "cudnn":
         from cosmos_dist.attention.fp8_cudnn import cudnn_fp8_attention_with_lse
@@ -238,4 +252,8 @@ def fp8_attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 
 def fp8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel: str = "auto") -> torch.Tensor:
+    if kernel == "te":
+        from cosmos_dist.attention.fp8_te import te_fp8_attention
+
+        return te_fp8_attention(q, k, v)
     return fp8_attention_with_lse(q, k, v, kernel)[0]

@@ -12,6 +12,9 @@ The product runs in `torch._scaled_mm` (cuBLASLt on Hopper, fp32 accumulation, b
 row-wise scales are applied to its output. Where `_scaled_mm` cannot run (the CPU, old GPUs) the same quantised numbers are multiplied
 in float32, so tests on the CPU see the quantisation error the GPU sees, only not its speed.
 
+With Transformer Engine installed, `precision.fp8_linear_kernel=te` runs the same layers as `te.Linear`
+instead (cosmos_dist.models.fp8_te; per-tensor scales, not the default: that module says why).
+
 `keep_high_precision=True` keeps the original weight next to the FP8 copy (1.5x the weight memory)
 so `set_fp8_enabled(net, False)` can run selected sampling steps without FP8 (the first and last
 steps, where the output is most sensitive).
@@ -42,7 +45,15 @@ def _scaled_mm_supported(device: torch.device) -> bool:
     return (major, minor) >= (8, 9)  # Ada / Hopper and newer have FP8 tensor cores
 
 
-class Fp8Linear(nn.Module):
+class Fp8Layer(nn.Module):
+    """A linear that runs in FP8 while `fp8_enabled`, else on a high-precision weight (`set_fp8_enabled`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fp8_enabled = True
+
+
+class Fp8Linear(Fp8Layer):
     """y = x W^T with W and x in e4m3 and row-wise scales; no bias (the DiT's linears have none)."""
 
     def __init__(self, linear: nn.Linear, keep_high_precision: bool = False):
@@ -58,7 +69,6 @@ class Fp8Linear(nn.Module):
         self.register_buffer("weight_scale", scale.reshape(1, -1))
         self.register_buffer("_one", torch.ones((), dtype=torch.float32, device=w.device), persistent=False)
         self.weight_hp = nn.Parameter(w, requires_grad=False) if keep_high_precision else None
-        self.fp8_enabled = True
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, high_precision_copy={self.weight_hp is not None}"
@@ -91,17 +101,47 @@ def _linears_in(module: nn.Module):
             yield from _linears_in(child)
 
 
-def convert_blocks_to_fp8(net: nn.Module, keep_high_precision: bool = False) -> int:
-    """Replace every bias-free linear of the transformer blocks' attention and MLP by `Fp8Linear`,
-    leaving the adaLN modulation in the run dtype. Returns the number converted. Call it before
-    `torch.compile` and after loading weights."""
+#: precision.fp8_linear_kernel: "cublas" (Fp8Linear above: torch._scaled_mm, row-wise scales), "te"
+#: (Transformer Engine's te.Linear, per-tensor current scaling; cosmos_dist.models.fp8_te), "auto" = cublas,
+#: the measured one (docs/PERFORMANCE.md says why TE is not the default).
+LINEAR_KERNELS = ("auto", "cublas", "te")
+
+
+def resolve_linear_kernel(kernel: str, device: torch.device) -> str:
+    """The FP8 linear that `kernel` means on `device`; RuntimeError where it cannot run there."""
+    if kernel not in LINEAR_KERNELS:
+        raise ValueError(f"FP8 linear kernel must be one of {LINEAR_KERNELS}; got {kernel!r}")
+    if kernel == "te":
+        from cosmos_dist.models import fp8_te
+
+        fp8_te.import_te()  # says why it does not import, with the install line
+        if not fp8_te.available(device):
+            raise RuntimeError(f"fp8_linear_kernel=te needs a CUDA GPU with FP8 tensor cores (Ada, Hopper or newer); "
+                               f"the DiT runs on {device}. Use fp8_linear_kernel=cublas (emulated off such GPUs)")
+        return "te"
+    return "cublas"
+
+
+def convert_blocks_to_fp8(net: nn.Module, keep_high_precision: bool = False, kernel: str = "cublas") -> int:
+    """Replace every bias-free linear of the transformer blocks' attention and MLP by an FP8 layer
+    (`Fp8Linear` for kernel "cublas", `TeFp8Linear` for "te"), leaving the adaLN modulation in the run
+    dtype. Returns the number converted. Call it before `torch.compile` and after loading weights."""
+    if kernel == "te":
+        from cosmos_dist.models.fp8_te import TeFp8Linear
+
+        make = TeFp8Linear  # keeps the bf16 weight anyway: keep_high_precision costs nothing there
+    elif kernel == "cublas":
+        def make(lin):
+            return Fp8Linear(lin, keep_high_precision)
+    else:
+        raise ValueError(f"unknown FP8 linear kernel {kernel!r} (resolve 'auto' first)")
     count = 0
     for block in net.blocks.values():
         for sub in block.blocks:
             for parent, name, lin in list(_linears_in(sub.block)):
                 if lin.in_features % 16 or lin.out_features % 16:
                     continue  # FP8 tensor cores need multiples of 16; stays in the run dtype
-                setattr(parent, name, Fp8Linear(lin, keep_high_precision))
+                setattr(parent, name, make(lin))
                 count += 1
     if count == 0:
         raise ValueError("no linear layer of the transformer blocks could be converted to FP8")
@@ -109,7 +149,7 @@ def convert_blocks_to_fp8(net: nn.Module, keep_high_precision: bool = False) -> 
 
 
 def set_fp8_enabled(net: nn.Module, enabled: bool) -> None:
-    """Switch every Fp8Linear between FP8 and its kept high-precision weight."""
+    """Switch every FP8 linear between FP8 and its high-precision weight."""
     for m in net.modules():
-        if isinstance(m, Fp8Linear):
+        if isinstance(m, Fp8Layer):
             m.fp8_enabled = bool(enabled)

@@ -104,6 +104,12 @@ class DistributedRuntime:
             return None
         return self._ranges(num_tokens)[self.layout.cp_rank]
 
+    def cp_impl_for(self, num_heads: int) -> str:
+        """The context-parallel implementation self-attention will use (local, ulysses, ring, usp, te)."""
+        from cosmos_dist.attention.context_parallel import impl_for_layout
+
+        return impl_for_layout(self.layout, num_heads)
+
     def denoiser_options(self, parallel_cfg, grid=None, num_heads=None, local=None, lse_kernel=None) -> dict:
         """`local` / `lse_kernel`: the local attention kernels (default SDPA / cuDNN with LSE)."""
         from cosmos_dist.attention.context_parallel import self_attention_for_layout

@@ -32,6 +32,9 @@ class SingleProcess:
     def share_tensor(self, t):
         return t
 
+    def cp_impl_for(self, num_heads: int) -> str:
+        return "local"
+
     def denoiser_options(self, parallel_cfg, grid=None, num_heads=None, local=None, lse_kernel=None) -> dict:
         return {"self_attention": local or sdpa_attention, "mode": "batch" if parallel_cfg.batch_cfg else "sequential"}
 

@@ -85,14 +85,20 @@ def load_dit(path: Path, cfg, device, dtype, compile_device=None):
     loads it on the CPU); decides precision.compile=auto. Default: `device`."""
     from cosmos_dist.checkpoint import checkpoint_identity, load_dit as load
 
-    net = load(path, cfg=dit_preset(cfg), device=device, dtype=dtype)
+    run_device = torch.device(compile_device if compile_device is not None else device)
     prec = cfg.precision
-    if prec.fp8_linear:
+    linear_kernel = fp8_linear_kernel(prec, run_device)
+    if linear_kernel == "te" and torch.device(device).type != run_device.type:
+        raise ConfigError(f"precision.fp8_linear_kernel=te: Transformer Engine's layers are built on the GPU, but "
+                          "offload=dit loads the DiT on the CPU to stream it; use "
+                          "precision.fp8_linear_kernel=cublas with this offload level, or a level above dit")
+    net = load(path, cfg=dit_preset(cfg), device=device, dtype=dtype)
+    if linear_kernel is not None:
         from cosmos_dist.models.fp8 import convert_blocks_to_fp8
 
         # Before compiling, so the compiled blocks see the FP8 layers.
-        convert_blocks_to_fp8(net, keep_high_precision=prec.fp8_high_precision_steps > 0)
-    if should_compile(cfg.precision.compile, torch.device(compile_device if compile_device is not None else device)):
+        convert_blocks_to_fp8(net, keep_high_precision=prec.fp8_high_precision_steps > 0, kernel=linear_kernel)
+    if should_compile(cfg.precision.compile, run_device):
         compile_blocks(net, fp8=prec.fp8_linear or prec.fp8_attention)
     return net, checkpoint_identity(path).to_dict()
 
@@ -157,6 +163,35 @@ def mask_tokens(net, shape, device, dtype, condition_mask=None) -> torch.Tensor:
     padding = torch.zeros(1, 1, h * 8, w * 8, device=device, dtype=dtype)  # the reference's all-zero mask
     full, _ = net.patchify(net.input_channels(zeros, padding, condition_mask))
     return full[..., c * net.config.patch_volume :]
+
+
+def fp8_linear_kernel(prec, device) -> str | None:
+    """The FP8 linear precision.fp8_linear_kernel means on `device` (cublas or te; None without FP8 linears);
+    a ConfigError where it cannot run there."""
+    if not prec.fp8_linear:
+        return None
+    from cosmos_dist.models.fp8 import resolve_linear_kernel
+
+    try:
+        return resolve_linear_kernel(prec.fp8_linear_kernel, device)
+    except RuntimeError as exc:
+        raise ConfigError(f"precision.fp8_linear_kernel: {exc}") from None
+
+
+def check_fp8_attention_parallel(kernel: str | None, cp_impl: str) -> None:
+    """FP8 self-attention under context parallelism: ring and usp merge partial results by their
+    log-sum-exp, which Transformer Engine's attention does not return; cp_impl=te runs TE's own
+    context-parallel attention, in BF16, whatever the FP8 kernel."""
+    if kernel is None or cp_impl == "local":
+        return
+    if cp_impl == "te":
+        raise ConfigError("parallel.cp_impl=te runs Transformer Engine's own attention in BF16, so "
+                          "precision.fp8_attention would not apply; use parallel.cp_impl=ulysses, ring or usp with FP8 "
+                          "attention (or precision.fp8_attention=false)")
+    if kernel == "te" and cp_impl in ("ring", "usp"):
+        from cosmos_dist.attention.fp8_te import NO_LSE
+
+        raise ConfigError(NO_LSE.format(impl=cp_impl))
 
 
 def fp8_attention_kernel(prec, device) -> str | None:
@@ -259,6 +294,8 @@ def precision_record(pipe) -> dict:
             "attention": bool(prec.fp8_attention),
             "high_precision_steps": int(prec.fp8_high_precision_steps),
         }
+        if prec.fp8_linear:
+            rec["dit_fp8"]["linear_kernel"] = pipe.fp8_linear_kernel
         if prec.fp8_attention:
             rec["dit_fp8"]["attention_kernel"] = pipe.fp8_attention_kernel
     return rec

@@ -54,6 +54,9 @@ class Text2WorldPipeline(ChunkedRun):
         # fails here, not mid-run.
         self.attention_kernel = stages.attention_kernel(cfg.precision, self.device)
         self.fp8_attention_kernel = stages.fp8_attention_kernel(cfg.precision, self.device)
+        self.fp8_linear_kernel = stages.fp8_linear_kernel(cfg.precision, self.device)
+        stages.check_fp8_attention_parallel(self.fp8_attention_kernel,
+                                            layout.cp_impl_for(stages.dit_preset(cfg).num_heads))
 
     # ---- setup -----------------------------------------------------------------------------
     def prepare(self):

@@ -1,0 +1,196 @@
+"""FP8 through Transformer Engine (precision.fp8_linear_kernel=te, fp8_attention_kernel=te).
+
+On the CPU the wiring runs against a stand-in that keeps TE's documented signatures and refuses what TE
+refuses (tests/fake_transformer_engine.py); where TE itself imports next to an FP8 GPU, the last tests
+run the real thing."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from fake_transformer_engine import FakeTransformerEngine, quantize_tensor
+
+from cosmos_dist.attention.fp8 import fp8_attention, fp8_attention_with_lse, resolve_kernel
+from cosmos_dist.attention.local import sdpa_attention
+from cosmos_dist.errors import ConfigError
+from cosmos_dist.models import build_dit, fp8_te, get_preset
+from cosmos_dist.models.fp8 import Fp8Linear, convert_blocks_to_fp8, resolve_linear_kernel, set_fp8_enabled
+from cosmos_dist.models.fp8_te import TeFp8Linear
+from cosmos_dist.parallel.testing import rel_err
+
+TE_GPU = torch.cuda.is_available() and fp8_te.available(torch.device("cuda"))
+
+
+@pytest.fixture
+def fake_te(monkeypatch):
+    return FakeTransformerEngine().install(monkeypatch)
+
+
+def _tiny_net(seed=0):
+    cfg = get_preset("tiny_text2world")
+    torch.manual_seed(seed)
+    net = build_dit(cfg, device="cpu", dtype=torch.float32)
+    x = torch.randn(1, cfg.latent_channels, 2, 8, 8)  # 2 x 4 x 4 = 32 tokens: FP8-sized
+    emb = torch.randn(1, 16, cfg.crossattn_emb_channels)
+    return net, (x, torch.tensor([0.3]), emb)
+
+
+def _forward(net, inputs):
+    with torch.no_grad():
+        return net(*inputs, fps=torch.tensor([24.0]))
+
+
+def test_te_linears_replace_the_same_layers_and_run_in_e4m3_current_scaling(fake_te):
+    net, inputs = _tiny_net()
+    ref = _forward(net, inputs)
+    n = convert_blocks_to_fp8(net, kernel="te")
+    assert n == 10 * net.config.num_blocks  # as for the cublas kernel: attention q/k/v/out x2, MLP x2
+    te_layers = [m for m in net.modules() if isinstance(m, TeFp8Linear)]
+    assert len(te_layers) == n and not any(isinstance(m, Fp8Linear) for m in net.modules())
+    assert all(kw == {"bias": False, "params_dtype": torch.float32} for kind, kw in fake_te.built if kind == "Linear")
+    out = _forward(net, inputs)
+    # every layer ran in FP8, under one e4m3 current-scaling recipe without FP8 attention
+    assert len(fake_te.calls) == n and fake_te.kinds() == {"Linear"}
+    recipes = {id(r) for _, r in fake_te.calls}
+    r = fake_te.calls[0][1]
+    assert type(r).__name__ == "Float8CurrentScaling" and r.fp8_format.name == "E4M3" and not r.fp8_dpa
+    assert len(recipes) == n  # each layer holds its own (identical) recipe object
+    assert 1e-4 < rel_err(out, ref) < 0.1
+    set_fp8_enabled(net, False)  # the high-precision steps run TE's own (original) weight: exact
+    fake_te.calls.clear()
+    assert torch.equal(_forward(net, inputs), ref) and not fake_te.calls
+
+
+def test_te_linear_takes_the_weight_and_leaves_odd_token_counts_in_high_precision(fake_te):
+    g = torch.Generator().manual_seed(1)
+    lin = torch.nn.Linear(64, 32, bias=False)
+    torch.nn.init.normal_(lin.weight, std=0.05, generator=g)
+    layer = TeFp8Linear(lin)
+    assert torch.equal(layer.linear.weight, lin.weight) and not layer.linear.weight.requires_grad
+    x = torch.randn(2, 8, 64, generator=g)  # 16 rows: FP8
+    emu = (quantize_tensor(x.reshape(16, 64)) @ quantize_tensor(lin.weight).t()).reshape(2, 8, 32)
+    assert torch.allclose(layer(x), emu, rtol=1e-6, atol=1e-6)
+    x_odd = torch.randn(3, 7, 64, generator=g)  # 21 rows: TE would refuse; the bf16 weight runs instead
+    fake_te.calls.clear()
+    assert torch.equal(layer(x_odd), lin(x_odd)) and not fake_te.calls
+
+
+def test_te_attention_kernel_is_te_dot_product_attention_in_fp8(fake_te):
+    g = torch.Generator().manual_seed(2)
+    b, l, h, d = 2, 48, 4, 32
+    q, k, v = (torch.randn(b, l, h, d, generator=g) for _ in range(3))
+    out = fp8_attention(q, k, v, kernel="te")
+    ref = sdpa_attention(q, k, v)
+    assert out.shape == (b, l, h, d) and 1e-4 < rel_err(out, ref) < 0.1
+    kind, kw = fake_te.built[-1]
+    assert kind == "DotProductAttention" and kw == {
+        "qkv_format": "bshd", "attn_mask_type": "no_mask", "attention_type": "self", "dropout": 0.0,
+        "softmax_scale": 1.0 / math.sqrt(d)}
+    assert fake_te.kinds() == {"DotProductAttention"} and fake_te.calls[0][1].fp8_dpa
+    fp8_attention(q, k, v, kernel="te")
+    assert sum(kind == "DotProductAttention" for kind, _ in fake_te.built) == 1  # built once per shape
+    with pytest.raises(ConfigError, match="log-sum-exp.*cp_impl=ulysses"):
+        fp8_attention_with_lse(q, k, v, kernel="te")
+
+
+def test_older_te_uses_fp8_autocast_and_reports_missing_fp8_attention(monkeypatch):
+    fake = FakeTransformerEngine(modern=False, fp8_attention_in_recipe=False).install(monkeypatch)
+    lin = torch.nn.Linear(32, 16, bias=False)
+    layer = TeFp8Linear(lin)
+    layer(torch.randn(16, 32))
+    assert fake.kinds() == {"Linear"}  # through te.fp8_autocast(fp8_recipe=...): no te.autocast in this TE
+    q = torch.randn(1, 16, 2, 16)
+    with pytest.raises(RuntimeError, match=r"Transformer Engine \(2.1.0-fake\) has no FP8 attention"):
+        fp8_attention(q, q, q, kernel="te")
+
+
+def test_kernel_choice_and_its_errors(monkeypatch):
+    from cosmos_dist.config import PrecisionConfig
+    from cosmos_dist.pipeline.stages import check_fp8_attention_parallel, fp8_linear_kernel
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert resolve_linear_kernel("auto", gpu) == "cublas" and resolve_linear_kernel("cublas", cpu) == "cublas"
+    with pytest.raises(ValueError, match="one of"):
+        resolve_linear_kernel("fbgemm", cpu)
+    prec = PrecisionConfig(fp8_linear=True, fp8_linear_kernel="te")
+    assert fp8_linear_kernel(PrecisionConfig(fp8_linear=False, fp8_linear_kernel="te"), gpu) is None
+    if fp8_te._import()[0] is None:  # this machine has no TE: the error says how to get it
+        with pytest.raises(ConfigError, match=r"precision.fp8_linear_kernel: Transformer Engine does not import.*"
+                                              r"pip install cosmos-dist\[te\]"):
+            fp8_linear_kernel(prec, gpu)
+        with pytest.raises(RuntimeError, match=r"cosmos-dist\[te\]"):
+            resolve_kernel("te", gpu)
+    FakeTransformerEngine().install(monkeypatch)
+    with pytest.raises(ConfigError, match="precision.fp8_linear_kernel: .*needs a CUDA GPU with FP8"):
+        fp8_linear_kernel(prec, cpu)
+    with pytest.raises(RuntimeError, match="fp8_attention_kernel=te needs a CUDA GPU"):
+        resolve_kernel("te", cpu)
+    monkeypatch.setattr(fp8_te, "available", lambda device: True)
+    assert fp8_linear_kernel(prec, gpu) == "te" and resolve_kernel("te", gpu) == "te"
+    assert resolve_kernel("auto", cpu) == "emulated"  # auto never picks te
+
+    for kernel in ("te", "cudnn", "emulated", None):
+        check_fp8_attention_parallel(kernel, "local")
+        check_fp8_attention_parallel(kernel, "ulysses")
+    for impl in ("ring", "usp"):
+        check_fp8_attention_parallel("cudnn", impl)
+        with pytest.raises(ConfigError, match=f"log-sum-exp.*cp_impl={impl}"):
+            check_fp8_attention_parallel("te", impl)
+    check_fp8_attention_parallel(None, "te")
+    with pytest.raises(ConfigError, match="parallel.cp_impl=te runs Transformer Engine's own attention in BF16"):
+        check_fp8_attention_parallel("cudnn", "te")
+
+
+def test_pipeline_with_te_kernels_records_them_and_refuses_streaming(tmp_path, monkeypatch):
+    """precision=fp8 with both TE kernels through the real pipeline (tiny model on the CPU, the stand-in TE
+    told the CPU is an FP8 GPU): every FP8 layer and attention ran in TE, the sidecar says so, the latent
+    is near the float32 one; the config errors come before any model loads."""
+    from pipeline_helpers import Recorder, recording_pipeline, small_cfg
+
+    from cosmos_dist.config import validate_config
+    from cosmos_dist.pipeline import stages
+
+    fake = FakeTransformerEngine().install(monkeypatch)
+    monkeypatch.setattr(fp8_te, "available", lambda device: True)
+    ckpt = tmp_path / "ckpt"
+    latents = {}
+    runs = {"fp32": (), "te": ("precision=fp8", "precision.fp8_linear_kernel=te", "precision.fp8_attention_kernel=te")}
+    for name, extra in runs.items():
+        out = tmp_path / name
+        cfg = small_cfg(ckpt, out, "prompt=a red ball", "name=s", "save_latents=true", "device=cpu",
+                        "height=64", "width=64", *extra)  # 2 x 4 x 4 patches: FP8-sized token counts
+        summary = recording_pipeline(cfg, Recorder(), monkeypatch).run()
+        assert summary.done == ["s"] and not summary.failed
+        latents[name] = torch.load(out / "s.latent.pt")
+        if name == "te":
+            fp8 = json.loads((out / "s.json").read_text())["precision"]["dit_fp8"]
+            assert fp8["linear_kernel"] == "te" and fp8["attention_kernel"] == "te"
+    assert fake.kinds() == {"Linear", "DotProductAttention"}
+    assert 1e-4 < rel_err(latents["te"], latents["fp32"]) < 0.2
+
+    bad = small_cfg(ckpt, tmp_path / "x", "prompt=x", "precision=fp8", "precision.fp8_linear_kernel=tensorrt")
+    with pytest.raises(ConfigError, match="precision.fp8_linear_kernel"):
+        validate_config(bad)
+    streamed = small_cfg(ckpt, tmp_path / "y", "prompt=x", "precision=fp8", "precision.fp8_linear_kernel=te")
+    with pytest.raises(ConfigError, match="fp8_linear_kernel=te.*offload=dit"):
+        stages.load_dit(ckpt / "never-read.pt", streamed, device="cpu", dtype=torch.bfloat16, compile_device="cuda")
+
+
+@pytest.mark.skipif(not TE_GPU, reason="needs Transformer Engine and a GPU with FP8 tensor cores")
+def test_real_te_linear_and_attention_on_gpu():
+    g = torch.Generator().manual_seed(3)
+    lin = torch.nn.Linear(512, 256, bias=False)
+    torch.nn.init.normal_(lin.weight, std=0.05, generator=g)
+    lin = lin.cuda().bfloat16()
+    x = torch.randn(4, 64, 512, generator=g).cuda().bfloat16()
+    layer = TeFp8Linear(lin)
+    with torch.no_grad():
+        out, ref = layer(x), lin(x)
+        compiled = torch.compile(layer)(x)  # the TE call stays outside the compiled graph
+    assert 1e-4 < rel_err(out.float(), ref.float()) < 6e-2
+    assert rel_err(compiled.float(), out.float()) < 1e-2
+    q, k, v = (torch.randn(2, 1024, 8, 128, generator=g).cuda().bfloat16() for _ in range(3))
+    att = fp8_attention(q, k, v, kernel="te")
+    assert att.shape == q.shape and rel_err(att.float(), sdpa_attention(q, k, v).float()) < 0.1
