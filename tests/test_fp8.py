@@ -225,6 +225,7 @@ def test_pipeline_precision_fp8_with_high_precision_steps_and_offload(tmp_path, 
         if name != "fp32":
             assert side["precision"]["dit_fp8"]["linear"] and side["precision"]["dit_fp8"]["attention"]
             assert side["precision"]["dit_fp8"]["attention_kernel"] == "emulated"
+            assert side["precision"]["dit_fp8"]["linear_kernel"] == "emulated"
     assert 1e-4 < rel_err(latents["fp8"], latents["fp32"]) < 0.2
     assert torch.equal(latents["fp8_all_hp"], latents["fp32"])  # 2 steps, first 1 + last 1 in high precision
 

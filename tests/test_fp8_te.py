@@ -16,6 +16,7 @@ from cosmos_dist.attention.fp8 import fp8_attention, fp8_attention_with_lse, res
 from cosmos_dist.attention.local import sdpa_attention
 from cosmos_dist.errors import ConfigError
 from cosmos_dist.models import build_dit, fp8_te, get_preset
+from cosmos_dist.models import fp8 as fp8_mod
 from cosmos_dist.models.fp8 import Fp8Linear, convert_blocks_to_fp8, resolve_linear_kernel, set_fp8_enabled
 from cosmos_dist.models.fp8_te import TeFp8Linear
 from cosmos_dist.parallel.testing import rel_err
@@ -111,7 +112,9 @@ def test_kernel_choice_and_its_errors(monkeypatch):
     from cosmos_dist.pipeline.stages import check_fp8_attention_parallel, fp8_linear_kernel
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
-    assert resolve_linear_kernel("auto", gpu) == "cublas" and resolve_linear_kernel("cublas", cpu) == "cublas"
+    assert resolve_linear_kernel("auto", cpu) == "emulated" and resolve_linear_kernel("cublas", cpu) == "emulated"
+    monkeypatch.setattr(fp8_mod, "_scaled_mm_supported", lambda device: device.type == "cuda")
+    assert resolve_linear_kernel("auto", gpu) == "cublas" and resolve_linear_kernel("cublas", gpu) == "cublas"
     with pytest.raises(ValueError, match="one of"):
         resolve_linear_kernel("fbgemm", cpu)
     prec = PrecisionConfig(fp8_linear=True, fp8_linear_kernel="te")

@@ -108,7 +108,8 @@ LINEAR_KERNELS = ("auto", "cublas", "te")
 
 
 def resolve_linear_kernel(kernel: str, device: torch.device) -> str:
-    """The FP8 linear that `kernel` means on `device`; RuntimeError where it cannot run there."""
+    """The FP8 linear that `kernel` means on `device`: "cublas", "te", or "emulated" (Fp8Linear off an FP8 GPU:
+    the same quantisation multiplied in float32); RuntimeError where it cannot run there."""
     if kernel not in LINEAR_KERNELS:
         raise ValueError(f"FP8 linear kernel must be one of {LINEAR_KERNELS}; got {kernel!r}")
     if kernel == "te":
@@ -119,7 +120,7 @@ def resolve_linear_kernel(kernel: str, device: torch.device) -> str:
             raise RuntimeError(f"fp8_linear_kernel=te needs a CUDA GPU with FP8 tensor cores (Ada, Hopper or newer); "
                                f"the DiT runs on {device}. Use fp8_linear_kernel=cublas (emulated off such GPUs)")
         return "te"
-    return "cublas"
+    return "cublas" if _scaled_mm_supported(device) else "emulated"
 
 
 def convert_blocks_to_fp8(net: nn.Module, keep_high_precision: bool = False, kernel: str = "cublas") -> int:
@@ -130,7 +131,7 @@ def convert_blocks_to_fp8(net: nn.Module, keep_high_precision: bool = False, ker
         from cosmos_dist.models.fp8_te import TeFp8Linear
 
         make = TeFp8Linear  # keeps the bf16 weight anyway: keep_high_precision costs nothing there
-    elif kernel == "cublas":
+    elif kernel in ("cublas", "emulated"):
         def make(lin):
             return Fp8Linear(lin, keep_high_precision)
     else:
