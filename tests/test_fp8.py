@@ -149,8 +149,10 @@ def test_cudnn_fp8_attention_on_gpu_is_near_exact_and_returns_the_lse():
 
 
 def test_fp8_attention_kernel_choice(monkeypatch):
-    """auto = cudnn where the frontend is installed, else triton; cudnn without the frontend is a clear
-    ConfigError naming the field before anything loads; on the CPU every choice is the emulation."""
+    """auto = cudnn where the frontend is installed, else fa3 where an FA3 build is, else triton; cudnn without
+    the frontend is a clear ConfigError naming the field before anything loads; on the CPU every choice is
+    the emulation. (What this machine really has is patched over, so the test means the same everywhere.)"""
+    from cosmos_dist.attention import fa3
     from cosmos_dist.attention import fp8 as fp8_mod
     from cosmos_dist.attention import fp8_cudnn
     from cosmos_dist.config import PrecisionConfig
@@ -162,8 +164,9 @@ def test_fp8_attention_kernel_choice(monkeypatch):
     with pytest.raises(ValueError, match="one of"):
         fp8_mod.resolve_kernel("flash", cpu)
     monkeypatch.setattr(fp8_mod, "triton_available", lambda device: device.type == "cuda")
-    for has_frontend, auto in ((True, "cudnn"), (False, "triton")):
+    for has_frontend, has_fa3, auto in ((True, True, "cudnn"), (False, True, "fa3"), (False, False, "triton")):
         monkeypatch.setattr(fp8_cudnn, "available", lambda device, h=has_frontend: h)
+        monkeypatch.setattr(fa3, "available", lambda device, h=has_fa3: h)
         assert fp8_mod.resolve_kernel("auto", gpu) == auto
         assert fp8_mod.resolve_kernel("triton", gpu) == "triton"
     prec = PrecisionConfig(fp8_attention=True, fp8_attention_kernel="cudnn")
