@@ -201,17 +201,14 @@ KERNELS = ("auto", "cudnn", "fa3", "triton", "te")
 
 
 def resolve_kernel(kernel: str, device: torch.device) -> str:
-    """The kernel that `kernel` means on `device`: "cudnn", "fa3", "triton" or "emulated" (no CUDA: float32
+    """The kernel that `kernel` means on `device`: "cudnn", "fa3", "triton", "te" or "emulated" (no CUDA: float32
     stand-in)."""
     if kernel not in KERNELS:
         raise ValueError(f"FP8 attention kernel must be one of {KERNELS}; got {kernel!r}")
     if kernel == "te":
         from cosmos_dist.models import fp8_te
 
-        fp8_te.import_te()  # says why it does not import, with the install line
-        if not fp8_te.available(device):
-            raise RuntimeError(f"fp8_attention_kernel=te needs a CUDA GPU with FP8 tensor cores (Ada, Hopper or "
-                               f"newer); the DiT runs on {device}")
+        fp8_te.require(device, "fp8_attention_kernel")
         return "te"
     if not triton_available(device):
         if kernel in ("cudnn", "fa3") and device.type == "cuda":

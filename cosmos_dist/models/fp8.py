@@ -115,10 +115,7 @@ def resolve_linear_kernel(kernel: str, device: torch.device) -> str:
     if kernel == "te":
         from cosmos_dist.models import fp8_te
 
-        fp8_te.import_te()  # says why it does not import, with the install line
-        if not fp8_te.available(device):
-            raise RuntimeError(f"fp8_linear_kernel=te needs a CUDA GPU with FP8 tensor cores (Ada, Hopper or newer); "
-                               f"the DiT runs on {device}. Use fp8_linear_kernel=cublas (emulated off such GPUs)")
+        fp8_te.require(device, "fp8_linear_kernel")
         return "te"
     return "cublas" if _scaled_mm_supported(device) else "emulated"
 

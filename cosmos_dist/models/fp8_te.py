@@ -58,6 +58,14 @@ def available(device: torch.device) -> bool:
     return torch.cuda.get_device_capability(device) >= (8, 9)
 
 
+def require(device: torch.device, setting: str) -> None:
+    """RuntimeError saying why `setting`=te cannot run on `device` (TE does not import, or no FP8 GPU)."""
+    import_te()
+    if not available(device):
+        raise RuntimeError(f"{setting}=te needs a CUDA GPU with FP8 tensor cores (Ada, Hopper or newer); the DiT runs "
+                           f"on {device}")
+
+
 def current_scaling_recipe(attention: bool = False):
     """TE's per-tensor current-scaling recipe in e4m3; `attention` asks for FP8 dot-product attention too.
 

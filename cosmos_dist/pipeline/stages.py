@@ -165,17 +165,22 @@ def mask_tokens(net, shape, device, dtype, condition_mask=None) -> torch.Tensor:
     return full[..., c * net.config.patch_volume :]
 
 
+def _resolve_kernel_setting(prec, setting: str, resolve, device) -> str:
+    """`resolve(precision.<setting>, device)`; its RuntimeError (cannot run here) as a ConfigError naming the field."""
+    try:
+        return resolve(getattr(prec, setting), device)
+    except RuntimeError as exc:
+        raise ConfigError(f"precision.{setting}: {exc}") from None
+
+
 def fp8_linear_kernel(prec, device) -> str | None:
-    """The FP8 linear precision.fp8_linear_kernel means on `device` (cublas or te; None without FP8 linears);
-    a ConfigError where it cannot run there."""
+    """The FP8 linear precision.fp8_linear_kernel means on `device` (cublas, te or emulated; None without FP8
+    linears); a ConfigError where it cannot run there."""
     if not prec.fp8_linear:
         return None
     from cosmos_dist.models.fp8 import resolve_linear_kernel
 
-    try:
-        return resolve_linear_kernel(prec.fp8_linear_kernel, device)
-    except RuntimeError as exc:
-        raise ConfigError(f"precision.fp8_linear_kernel: {exc}") from None
+    return _resolve_kernel_setting(prec, "fp8_linear_kernel", resolve_linear_kernel, device)
 
 
 def check_fp8_attention_parallel(kernel: str | None, cp_impl: str) -> None:
@@ -201,10 +206,7 @@ def fp8_attention_kernel(prec, device) -> str | None:
         return None
     from cosmos_dist.attention.fp8 import resolve_kernel
 
-    try:
-        return resolve_kernel(prec.fp8_attention_kernel, device)
-    except RuntimeError as exc:
-        raise ConfigError(f"precision.fp8_attention_kernel: {exc}") from None
+    return _resolve_kernel_setting(prec, "fp8_attention_kernel", resolve_kernel, device)
 
 
 def attention_kernel(prec, device) -> str:
@@ -212,10 +214,7 @@ def attention_kernel(prec, device) -> str:
     ConfigError where it cannot run there."""
     from cosmos_dist.attention.local import resolve_attention_kernel
 
-    try:
-        return resolve_attention_kernel(prec.attention_kernel, device)
-    except RuntimeError as exc:
-        raise ConfigError(f"precision.attention_kernel: {exc}") from None
+    return _resolve_kernel_setting(prec, "attention_kernel", resolve_attention_kernel, device)
 
 
 def attention_kernels(cfg, layout, grid, num_heads, num_steps, kernel: str = "sdpa"):
