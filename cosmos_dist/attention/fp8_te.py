@@ -7,7 +7,7 @@ No mask, softmax scale 1/sqrt(D), (B, L, H, D) in and out, as every local kernel
 
 TE's attention returns no log-sum-exp, so ring and usp context parallelism (which merge partial
 results by it) cannot use it: with this kernel, cp_impl must be ulysses (each rank runs it on whole
-heads) or te (Transformer Engine's own context parallelism); `check_parallel` says so before a run.
+heads); `pipeline.stages.check_fp8_attention_parallel` refuses the others before a run.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from cosmos_dist.errors import ConfigError
 from cosmos_dist.models import fp8_te
 
 NO_LSE = ("precision.fp8_attention_kernel=te: Transformer Engine's attention returns no log-sum-exp, which "
-          "parallel.cp_impl={impl} needs to merge partial results; use parallel.cp_impl=ulysses (or te), or "
+          "parallel.cp_impl={impl} needs to merge partial results; use parallel.cp_impl=ulysses, or "
           "precision.fp8_attention_kernel=cudnn / fa3 / triton")
 
 

@@ -14,9 +14,9 @@ code stops at it). TE's wheel could not be carried to the GPU this project measu
 path is kept to TE's documented API (`te.Linear`, `te.autocast` / `te.fp8_autocast`,
 `recipe.Float8CurrentScaling`) and its tests run where TE imports (docs/PERFORMANCE.md).
 
-Inference only: the weights have no gradient, TE casts the bf16 weight to FP8 at each call (about
-1% of a 7B step), and its bf16 weight is also what `set_fp8_enabled(net, False)` runs on, so the
-high-precision steps need no second copy.
+Inference only: the weights have no gradient, TE casts the bf16 weight to FP8 at each call (one pass
+over the weight, small beside the GEMM at video token counts), and its bf16 weight is also what
+`set_fp8_enabled(net, False)` runs on, so the high-precision steps need no second copy.
 """
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ def current_scaling_recipe(attention: bool = False):
     te, recipe = import_te()
     try:
         return recipe.Float8CurrentScaling(fp8_format=recipe.Format.E4M3, fp8_dpa=attention)
-    except (AssertionError, AttributeError, TypeError, ValueError) as exc:  # AttributeError: TE < 2.2, no such recipe
+    except (AssertionError, AttributeError, TypeError, ValueError) as exc:  # AttributeError: a TE without this recipe
         import transformer_engine
 
         version = getattr(transformer_engine, "__version__", "unknown")
@@ -86,7 +86,7 @@ def current_scaling_recipe(attention: bool = False):
 
 
 def autocast(recipe) -> contextlib.AbstractContextManager:
-    """TE's FP8 region for `recipe`: `te.autocast` (TE >= 2.8) or the older `te.fp8_autocast`."""
+    """TE's FP8 region for `recipe`: `te.autocast` where this TE has it, else the older `te.fp8_autocast`."""
     te, _ = import_te()
     if hasattr(te, "autocast"):
         return te.autocast(enabled=True, recipe=recipe)
@@ -94,7 +94,7 @@ def autocast(recipe) -> contextlib.AbstractContextManager:
 
 
 class TeFp8Linear(Fp8Layer):
-    """A bias-free linear run by `te.Linear` in FP8; the original weight is moved into it (bf16)."""
+    """A bias-free linear run by `te.Linear` in FP8; the original weight is copied into it (run dtype)."""
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
