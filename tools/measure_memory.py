@@ -465,9 +465,8 @@ def main(argv=None) -> int:
         "compile": not args.no_compile and pin, "dit_stream": not args.no_dit_stream, "guardrail_standin": args.guardrail,
         "upsampler": not args.no_upsampler, "units": "GiB (2^30 bytes) unless a key says gb", "kinds": {},
     }
-    from cosmos_dist.attention.local import resolve_attention_kernel
-
     from cosmos_dist.attention.fp8 import resolve_kernel
+    from cosmos_dist.attention.local import resolve_attention_kernel
 
     report["precision"] = args.precision
     report["attention_kernel"] = (f"fp8 {resolve_kernel('auto', device)}" if args.precision == "fp8"

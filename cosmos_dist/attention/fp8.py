@@ -23,7 +23,7 @@ import math
 
 import torch
 
-from cosmos_dist.models.fp8 import E4M3, E4M3_MAX
+from cosmos_dist.models.fp8 import E4M3, quantize_e4m3
 
 P_SCALE = 256.0
 _LOG2E = 1.4426950408889634
@@ -32,10 +32,8 @@ _LN2 = 0.6931471805599453
 
 def quantize_heads(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, L, H, D) -> e4m3 (B, L, H, D) and float32 scales (B, H), one per (batch, head)."""
-    amax = x.abs().amax(dim=(1, 3)).float().clamp_min(1e-12)
-    scale = amax / E4M3_MAX
-    q = (x.float() / scale[:, None, :, None]).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3)
-    return q, scale
+    q, scale = quantize_e4m3(x, (1, 3))
+    return q, scale[:, 0, :, 0]
 
 
 _KERNEL = None

@@ -25,7 +25,7 @@ import threading
 
 import torch
 
-from cosmos_dist.models.fp8 import E4M3, E4M3_MAX
+from cosmos_dist.models.fp8 import E4M3, E4M3_MAX, quantize_e4m3
 
 P_SCALE = 256.0
 
@@ -171,8 +171,8 @@ def _(q8, k8, v8, dq, dk, dv):
 
 def quantize_tensor(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x -> e4m3 with one scale for the whole tensor, and that scale (amax / 448) as a float32 (1,) tensor."""
-    descale = (x.abs().amax().float().clamp_min(1e-12) / E4M3_MAX).reshape(1)
-    return (x.float() / descale).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3), descale
+    q, descale = quantize_e4m3(x, tuple(range(x.dim())))
+    return q, descale.reshape(1)
 
 
 def cudnn_fp8_attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):

@@ -100,10 +100,8 @@ LOCAL_BACKENDS: dict[str, Callable] = {
     "flash": _forced_sdpa("FLASH_ATTENTION"),
     "efficient": _forced_sdpa("EFFICIENT_ATTENTION"),
     "math": _forced_sdpa("MATH"),
+    "fa3": fa3.fa3_attention,  # FlashAttention-3 (Hopper), where an FA3 build is installed
 }
-
-
-LOCAL_BACKENDS["fa3"] = fa3.fa3_attention  # FlashAttention-3 (Hopper), where an FA3 build is installed
 
 #: precision.attention_kernel: the local (BF16) self-attention kernel. auto = fa3 where an FA3 build is
 #: installed and the GPU is a Hopper, else sdpa (PyTorch's choice: cuDNN attention on an H100).

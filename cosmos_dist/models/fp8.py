@@ -30,12 +30,17 @@ E4M3_MAX = 448.0
 _MIN_AMAX = 1e-12
 
 
+def quantize_e4m3(x: torch.Tensor, dims) -> tuple[torch.Tensor, torch.Tensor]:
+    """x -> e4m3 and float32 scales with x ~= q * scale: one scale (amax / 448) per slice over `dims`, which stay
+    in the scale's shape as size 1. Every FP8 path here quantises through this (rows, heads, whole tensors)."""
+    amax = x.abs().amax(dim=dims, keepdim=True).float().clamp_min(_MIN_AMAX)
+    scale = amax / E4M3_MAX
+    return (x.float() / scale).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3), scale
+
+
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(M, K) -> e4m3 (M, K) and float32 scales (M, 1) with x ~= q * scale, one scale per row."""
-    amax = x.abs().amax(dim=-1, keepdim=True).float().clamp_min(_MIN_AMAX)
-    scale = amax / E4M3_MAX
-    q = (x.float() / scale).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3)
-    return q, scale
+    return quantize_e4m3(x, -1)
 
 
 def _scaled_mm_supported(device: torch.device) -> bool:
