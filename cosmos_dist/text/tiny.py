@@ -1,7 +1,7 @@
 """A tiny random T5 encoder directory, laid out like `google-t5/t5-11b`, for tests and CPU runs.
 
-The tokenizer is trained on the spot (a `tokenizers` Unigram model over generated English-like sentences),
-built the way T5's tokenizer is (whitespace split + metaspace, `<pad>`=0, `</s>`=1, `<unk>`=2, `</s>` appended),
+The tokenizer is a `tokenizers` Unigram model over a fixed English-like word list (built, not trained, so it is
+the same on every machine), set up the way T5's tokenizer is (whitespace split + metaspace, `<pad>`=0, `</s>`=1, `<unk>`=2, `</s>` appended),
 and saved with `save_pretrained` next to a random `T5EncoderModel`, so `T5TextEncoder.from_dir` reads it
 through exactly the path it uses for the real checkpoint. Nothing is downloaded.
 """
@@ -34,42 +34,44 @@ one two three four five ten hundred first second last next front back top bottom
 """.split()
 
 
-def _corpus(seed: int, n_sentences: int = 1500) -> list[str]:
+def _vocab(seed: int, vocab_size: int) -> list[tuple[str, float]]:
+    """The Unigram pieces and log-probabilities, built without training: `tokenizers`' Unigram trainer runs on
+    several threads and gives a different vocabulary on every run, which made the tiny preset's videos differ
+    between machines. Here every piece and score is a pure function of (seed, vocab_size)."""
     rng = random.Random(seed)
-    lines = []
-    for _ in range(n_sentences):
-        n = rng.randint(6, 18)
-        words = [rng.choice(_WORDS) for _ in range(n)]
-        if rng.random() < 0.5:
-            words[0] = words[0].capitalize()
-        text = " ".join(words)
-        if rng.random() < 0.3:
-            text += rng.choice([".", ",", "!", "?", ";", ":"])
-        if rng.random() < 0.1:
-            text += f" {rng.randint(0, 2025)}"
-        lines.append(text)
-    # Every single character on its own, so any ASCII text tokenizes without <unk>.
-    lines.append(" ".join(string.ascii_letters + string.digits + string.punctuation))
-    return lines
+    words = sorted(set(_WORDS))
+    pieces: list[tuple[str, float]] = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -3.0)]
+    # Whole words (with and without the leading word marker) are likely; single characters are the fallback,
+    # so any ASCII text tokenizes without <unk>.
+    for w in words:
+        pieces.append(("\u2581" + w, -4.0 - rng.random()))
+    for w in words:
+        if len(pieces) >= vocab_size - 2 * len(_CHARS):
+            break
+        pieces.append((w, -6.0 - rng.random()))
+    for c in _CHARS:
+        pieces.append(("\u2581" + c, -10.0 - rng.random()))
+        pieces.append((c, -11.0 - rng.random()))
+    seen, unique = set(), []
+    for piece, score in pieces:  # a piece once (the first, most likely, form wins)
+        if piece not in seen:
+            seen.add(piece)
+            unique.append((piece, score))
+    return unique[:vocab_size]
+
+
+_CHARS = string.ascii_letters + string.digits + string.punctuation
 
 
 def _train_tokenizer(seed: int, vocab_size: int):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 
-    tok = Tokenizer(models.Unigram())
+    tok = Tokenizer(models.Unigram(_vocab(seed, vocab_size), unk_id=2))
     # As T5Tokenizer builds it (so transformers 4.x and 5.x rebuild the same pipeline when loading).
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")]
     )
     tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
-    trainer = trainers.UnigramTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<pad>", "</s>", "<unk>"],
-        unk_token="<unk>",
-        initial_alphabet=list(string.ascii_letters + string.digits + string.punctuation),
-        show_progress=False,
-    )
-    tok.train_from_iterator(_corpus(seed), trainer=trainer)
     assert (tok.token_to_id("<pad>"), tok.token_to_id("</s>"), tok.token_to_id("<unk>")) == (0, 1, 2)
     tok.post_processor = processors.TemplateProcessing(
         single=["$A", "</s>"], pair=["$A", "</s>", "$B", "</s>"], special_tokens=[("</s>", 1)]
