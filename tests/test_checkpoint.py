@@ -390,7 +390,7 @@ def test_bytesio_needs_opt_in(tmp_path):
     write_random_checkpoint(path, TINY, extra_state="bytesio", dtype=torch.float32)
     msg = _error(path)
     for part in ("io.BytesIO", "Transformer Engine", "weights_only=True",
-                 f"python tools/convert_checkpoint.py {path} --output OUT.safetensors", "allow_unsafe_pickle=True",
+                 f"cosmos-dist convert {path} --output OUT.safetensors", "allow_unsafe_pickle=True",
                  "--allow-unsafe-pickle"):
         assert part in msg
     assert load_dit(path, dtype=torch.float32, allow_unsafe_pickle=True).config == TINY

@@ -17,16 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 TOOL = ROOT / "tools" / "download_checkpoints.py"
 
-
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("download_checkpoints", TOOL)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look the module up by name
-    spec.loader.exec_module(mod)
-    return mod
-
-
-dl = _load_tool()
+from cosmos_dist.commands import download_checkpoints as dl  # noqa: E402
 
 # What the imagined hub repositories hold (names as on huggingface.co; contents are placeholders).
 REPOS = {

@@ -17,9 +17,9 @@ from cosmos_dist.pipeline import preemption
 from cosmos_dist.pipeline.preemption import StopFlag, marker_path, shard_progress, shard_tag, write_shard_marker
 from cosmos_dist.pipeline.work import collect_work
 
+from cosmos_dist.commands import shard_status
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tools"))
-import shard_status  # noqa: E402
 
 
 def make_run(tmp_path: Path, n: int = 20, bad_lines: int = 2) -> tuple[Path, Path, list[str]]:

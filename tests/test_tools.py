@@ -128,7 +128,7 @@ def test_video2world_bytesio_pipeline(tmp_path):
     )
     assert "keys        58" in make.stdout and "parameters  732,544" in make.stdout and str(pt) in make.stdout
     assert refuse.stderr.startswith("error: ") and "io.BytesIO" in refuse.stderr
-    assert "convert_checkpoint.py" in refuse.stderr
+    assert "cosmos-dist convert" in refuse.stderr
     assert "tiny_video2world (tiny Video2World)" in unsafe.stdout and "validation   OK" in unsafe.stdout
     assert "58 = network 50 + extra_state 4 + logvar 3 + ignored 1" in unsafe.stdout and "4 x BytesIO" in unsafe.stdout
     assert "io.BytesIO" in conv_refuse.stderr

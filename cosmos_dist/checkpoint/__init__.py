@@ -5,7 +5,7 @@
     ident = checkpoint_identity(path)        # path, size, mtime, cheap fingerprint (for sidecars)
 
 Random checkpoints in the real format (for tests and benchmarks) come from `write_random_checkpoint`
-(`tools/make_checkpoint.py`).
+(`cosmos-dist make-checkpoint`).
 """
 from cosmos_dist.checkpoint.loading import (
     CheckpointIdentity,

@@ -28,7 +28,7 @@ IGNORED_KEYS = frozenset({"net.pos_embedder.seq"})
 NET_PREFIX = "net."
 
 CONVERT_HINT = (
-    "convert it once with `python tools/convert_checkpoint.py {path} --output OUT.safetensors "
+    "convert it once with `cosmos-dist convert {path} --output OUT.safetensors "
     "--allow-unsafe-pickle` and use OUT.safetensors, or, if you trust the file, load it with "
     "allow_unsafe_pickle=True (`--allow-unsafe-pickle` on the tools)"
 )

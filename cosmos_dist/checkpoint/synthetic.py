@@ -209,7 +209,7 @@ def write_random_checkpoint(
     """Write a random checkpoint for `cfg`; returns {path, keys, parameters, bytes, format, extra_state}.
 
     `pt` is the reference layout (network + extra state + logvar; extra state defaults to
-    "pickled-none"). `safetensors` is what `tools/convert_checkpoint.py` writes: the network
+    "pickled-none"). `safetensors` is what ``cosmos-dist convert`` writes: the network
     tensors only (extra state defaults to "none"; "bytesio" is impossible in safetensors).
     """
     if fmt not in FORMATS:

@@ -15,7 +15,7 @@ from cosmos_dist.errors import CheckpointError
 
 log = logging.getLogger("cosmos_dist")
 
-DOWNLOAD_HINT = "see the README's 'Download checkpoints' section (python tools/download_checkpoints.py)"
+DOWNLOAD_HINT = "see the README's 'Download checkpoints' section (cosmos-dist download)"
 RANDOM_WEIGHTS_BANNER = (
     "RANDOM WEIGHTS: model {preset} uses tiny random-weight stand-ins created under {root}. "
     "The video shows noise-like patterns, not a world model's output; for real videos use "

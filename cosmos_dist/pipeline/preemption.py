@@ -9,7 +9,7 @@ that have no handler yet (a model still loading) or helper processes (ffmpeg).
 
 Markers: `{output_dir}/.shards/shard-XXXX-of-YYYY.done.json` when no sample of the shard is left
 to try, `...stopped.json` when some are (with the next sample to generate and why the run ended).
-They are summaries for people and for `tools/shard_status.py`; the truth stays the sidecars.
+They are summaries for people and for `cosmos-dist shard-status`; the truth stays the sidecars.
 
     python -m cosmos_dist.pipeline.preemption mark --prompts-file p.jsonl --output-dir out \
         --num-shards 1000 --shard-index 17 [--reason USR1] [-- hydra overrides...]
