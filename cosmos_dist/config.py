@@ -188,6 +188,15 @@ class GenerateConfig:
     num_shards: int = 1
     shard_index: int = 0
 
+    # Videos per prompt: `num_videos_per_prompt` seeds counted from `seed` (video 0 uses `seed` itself), or exactly
+    # the seeds of `seeds=[...]`; a prompts-file line's own `seed` / `num_videos_per_prompt` / `seeds` win.
+    # Sample ids: {prompt id}_s{seed}_{settings hash} (cosmos_dist/io/identity.py).
+    num_videos_per_prompt: int = 1
+    seeds: Optional[List[int]] = None
+    # Folder layout of output_dir: flat (every file in it), sharded (output_dir/ab/cd/: at most 256 entries per
+    # folder level), or auto (the layout the tree already has, else flat). See cosmos_dist/io/paths.py.
+    output_layout: str = "auto"
+
 
 def register_configs() -> None:
     from hydra.core.config_store import ConfigStore
@@ -256,6 +265,7 @@ def validate_config(cfg: Any) -> None:
         bad("device", f"{cfg.device!r}; choose auto, cpu or cuda")
     if not 0 <= cfg.video.crf <= 51:
         bad("video.crf", f"{cfg.video.crf} must be in 0..51 (lower is better quality; 23 is x264's default)")
+    validate_samples_and_layout(cfg, bad)
     if cfg.num_shards < 1 or not 0 <= cfg.shard_index < cfg.num_shards:
         bad("shard_index", f"{cfg.shard_index} must be in 0..num_shards-1 (num_shards={cfg.num_shards})")
     if cfg.parallel.cp_size < 1:
@@ -277,6 +287,33 @@ def validate_config(cfg: Any) -> None:
     elif cfg.input_path:
         bad("input_path", f"model {cfg.model.preset} is Text2World and takes no input image or video; use a *_video2world model")
     validate_memory_guardrail_upsampler(cfg, bad)
+
+
+def validate_samples_and_layout(cfg: Any, bad) -> None:
+    """num_videos_per_prompt / seeds / output_layout (the same checks as a prompts-file line's keys)."""
+    from cosmos_dist.errors import InputError
+    from cosmos_dist.io.identity import check_num_videos, check_seed, check_seed_list
+    from cosmos_dist.io.paths import LAYOUT_SETTINGS
+
+    get = cfg.get if hasattr(cfg, "get") else lambda k, d=None: getattr(cfg, k, d)
+    try:
+        check_seed(cfg.seed, "seed")
+    except InputError as exc:
+        bad("seed", f"{exc} (video n of a prompt uses a seed derived from it)")
+    num, seeds = get("num_videos_per_prompt", 1), get("seeds", None)
+    try:
+        check_num_videos(num)
+    except InputError as exc:
+        bad("num_videos_per_prompt", str(exc))
+    if seeds is not None:
+        try:
+            check_seed_list(list(seeds), "seeds")
+        except (InputError, TypeError) as exc:
+            bad("seeds", f"{exc}; e.g. seeds=[1,2,3]")
+        if num != 1:
+            bad("seeds", "give seeds=[...] (one video per seed) or num_videos_per_prompt=N, not both")
+    if get("output_layout", "auto") not in LAYOUT_SETTINGS:
+        bad("output_layout", f"{get('output_layout')!r}; choose auto (the tree's layout, else flat), flat or sharded")
 
 
 def validate_memory_guardrail_upsampler(cfg: Any, bad) -> None:

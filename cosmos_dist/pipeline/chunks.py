@@ -222,7 +222,7 @@ class ChunkedRun:
                     break
                 t0 = time.perf_counter()
                 try:
-                    s.latent = stages.sample_latent(self, s.item.sample_id, s.seed, s.cond, s.uncond, s.condition)
+                    s.latent = stages.sample_latent(self, s.item.noise_key, s.seed, s.cond, s.uncond, s.condition)
                 except Exception as exc:
                     self._fail(s, exc, manifest, summary)
                     continue

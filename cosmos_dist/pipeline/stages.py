@@ -302,20 +302,27 @@ def precision_record(pipe) -> dict:
 
 def write_outputs(pipe, item, latent, frames, timings, t_start, *, prompt, negative, seed, notes, manifest):
     """mp4 (+ latent) under temporary names, then the sidecar, then the manifest line."""
+    from cosmos_dist.io.paths import record_layout, sample_paths
     from cosmos_dist.io.records import build_sidecar, write_json_atomic
     from cosmos_dist.io.video import write_mp4_atomic
     from cosmos_dist.sampling import sample_seed
 
     cfg, out = pipe.cfg, pipe.output_dir
     t0 = time.perf_counter()
-    mp4 = out / f"{item.sample_id}.mp4"
+    # Where the files go: io/paths.py (the layout the tree records; flat or hash-prefix folders).
+    paths = sample_paths(out, item.sample_id, record_layout(out, getattr(pipe, "output_layout", "flat")))
+    paths.folder.mkdir(parents=True, exist_ok=True)
+    mp4 = paths.video
     write_mp4_atomic(mp4, frames, fps=cfg.fps, crf=cfg.video.crf, preset=cfg.video.preset)
     files = {"video": mp4.name}
     if cfg.save_latents:
-        lat = out / f"{item.sample_id}.latent.pt"
-        tmp = lat.with_name(f".{lat.name}.tmp-{os.getpid()}")
-        torch.save(latent.cpu(), tmp)
-        os.replace(tmp, lat)
+        lat = paths.latent
+        tmp = paths.temp(lat)
+        try:
+            torch.save(latent.cpu(), tmp)
+            os.replace(tmp, lat)
+        finally:
+            tmp.unlink(missing_ok=True)
         files["latent"] = lat.name
     timings["write_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_start
@@ -325,7 +332,7 @@ def write_outputs(pipe, item, latent, frames, timings, t_start, *, prompt, negat
         original_prompt=item.prompt if prompt != item.prompt else None,
         negative_prompt=negative,
         seed=seed,
-        sample_seed=sample_seed(seed, item.sample_id),
+        sample_seed=sample_seed(seed, item.noise_key),
         model={"preset": cfg.model.preset, "kind": pipe.kind, "random_weights": bool(cfg.model.random_weights)},
         checkpoint=pipe.checkpoint_info,
         sampler={**sampler_settings(cfg).to_dict(), "guidance": cfg.guidance},
@@ -338,8 +345,12 @@ def write_outputs(pipe, item, latent, frames, timings, t_start, *, prompt, negat
         source_line=item.line_number,
         extra={"config": resolved_config(cfg), **getattr(pipe, "sidecar_extra", lambda item: {})(item)},
     )
-    write_json_atomic(out / f"{item.sample_id}.json", sidecar)
-    manifest.append(status="done", sample_id=item.sample_id, line=item.line_number, reason=None)
+    sidecar["path"] = paths.relative  # the video, relative to output_dir (for pack / merge tools)
+    if getattr(item, "identity", None) is not None:
+        sidecar["identity"] = item.identity.record(paths.relative)  # what a rerun compares before skipping
+    write_json_atomic(paths.sidecar, sidecar)
+    manifest.append(status="done", sample_id=item.sample_id, line=item.line_number, reason=None, path=paths.relative,
+                    prompt_id=getattr(item, "prompt_id", None))
     log.info("wrote %s (+ %s.json) in %.1f s", mp4, item.sample_id, timings["total_s"])
 
 

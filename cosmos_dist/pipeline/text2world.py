@@ -22,6 +22,7 @@ from cosmos_dist.pipeline.assets import resolve_assets
 from cosmos_dist.pipeline.chunks import ChunkedRun
 from cosmos_dist.pipeline.preemption import StopFlag, finish_shard
 from cosmos_dist.pipeline.work import check_output_dir, collect_work, is_done
+from cosmos_dist.pipeline.work_checks import screen_work
 
 log = logging.getLogger("cosmos_dist")
 
@@ -62,6 +63,7 @@ class Text2WorldPipeline(ChunkedRun):
     def prepare(self):
         """Everything that can fail because of the user's input, before a model is loaded."""
         work = collect_work(self.cfg)
+        self.output_layout = work.layout
         if self.layout.is_replica_leader:
             check_output_dir(self.output_dir)
         # Tiny random stand-ins are created by the global leader alone; the others wait for them.
@@ -71,6 +73,9 @@ class Text2WorldPipeline(ChunkedRun):
         assets = resolve_assets(self.cfg, announce=self.layout.is_global_leader)
         if creates and self.layout.is_global_leader:
             self.layout.barrier()
+        # Fail fast: prompt lengths (T5 tokenizer files only), Video2World inputs, sidecars of another identity.
+        screen_work(work, self.cfg, assets.text_encoder, output_dir=self.output_dir,
+                    input_of=getattr(self, "input_spec", None))
         # A checkpoint of the wrong variant is refused from its index, before T5 (11B) loads.
         stages.check_dit_file(assets.dit, self.cfg)
         # guardrails / upsampler: a missing package or model folder is an error before any model loads
@@ -97,13 +102,13 @@ class Text2WorldPipeline(ChunkedRun):
         manifest = Manifest(self.output_dir / "manifest.jsonl") if leader else None
 
         for bad in work.bad_lines:
-            summary.failed.append(f"line {bad.line_number}")
+            summary.failed.append(bad.sample_id or f"line {bad.line_number}")
             if self.layout.is_global_leader:
-                manifest.append(status="failed", sample_id=None, line=bad.line_number, reason=bad.reason)
+                manifest.append(status="failed", sample_id=bad.sample_id, line=bad.line_number, reason=bad.reason)
 
         pending = []
         for item in self.layout.my_items(work.items):
-            if is_done(self.output_dir, item.sample_id):
+            if is_done(self.output_dir, item, work.layout):
                 if leader:
                     manifest.append(status="skipped", sample_id=item.sample_id, line=item.line_number, reason="already done (sidecar exists)")
                 summary.skipped.append(item.sample_id)

@@ -44,7 +44,7 @@ from typing import Optional
 import torch
 
 from cosmos_dist.errors import InputError
-from cosmos_dist.io.prompts import BadLine, single_prompt_item
+from cosmos_dist.io.prompts import BadLine
 from cosmos_dist.io.visual_input import RESIZE_MODES, check_visual_input, load_condition_frames
 from cosmos_dist.pipeline import stages
 from cosmos_dist.pipeline.text2world import Text2WorldPipeline
@@ -185,9 +185,6 @@ class Video2WorldPipeline(Text2WorldPipeline):
         that are missing or unreadable fail their sample at generation time, the others continue."""
         work, assets = super().prepare()
         cfg = self.cfg
-        if cfg.prompt:
-            # The input is part of the sample's identity: the same prompt on two images makes two samples.
-            work.items = [single_prompt_item(cfg.prompt, name=cfg.name, extra={"input_path": cfg.input_path})]
         kept = []
         for item in work.items:
             try:
@@ -280,7 +277,7 @@ class Video2WorldPipeline(Text2WorldPipeline):
         condition = Video2WorldCondition(
             gt=gt,
             num_condition_frames=k,
-            augment_noise=fixed_noise(shape, seed, item.sample_id, AUGMENT_STREAM),
+            augment_noise=fixed_noise(shape, seed, item.noise_key, AUGMENT_STREAM),
             sigma_dtype=net.dtype,
         )
         timings["condition_encode_s"] = time.perf_counter() - t0

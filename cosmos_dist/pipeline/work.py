@@ -1,40 +1,94 @@
-"""What a run has to do: the prompt items, which of them belong to this shard, and which are done.
+"""What a run has to do: the prompt items, which of them belong to this shard, their samples, which are done.
 
-A sample is done when its sidecar `{output_dir}/{sample_id}.json` exists (it is written last,
-atomically, after the mp4). Shard membership depends only on the sample id, so a prompt lands in
-the same shard whatever order the file has or how often a job was retried.
+Each prompt (a prompts-file line, or `prompt=`) expands into one sample per seed (cosmos_dist/io/identity.py:
+`{prompt_id}_s{seed}_{settings}`). Shard membership depends only on the prompt id, so a prompt and all its
+videos land in the same shard whatever the file's order, the seeds or settings, or how often a job was retried.
+
+A sample is done when its sidecar (written last, atomically, after the mp4) exists where the tree's layout puts it
+(cosmos_dist/io/paths.py) AND records the same identity fingerprint as this run asks for; `screen_work`
+(work_checks.py) turns a sidecar with another fingerprint into that sample's failure before any model loads.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from cosmos_dist.errors import ConfigError
+from cosmos_dist.errors import ConfigError, InputError
+from cosmos_dist.io.identity import (
+    SampleIdentity,
+    check_num_videos,
+    check_seed,
+    check_seed_list,
+    generation_settings,
+    seeds_for,
+    settings_hash,
+)
+from cosmos_dist.io.paths import resolve_layout, sample_paths
 from cosmos_dist.io.prompts import BadLine, PromptItem, read_prompts_file, single_prompt_item
 
 
 @dataclass
 class WorkList:
-    items: list[PromptItem] = field(default_factory=list)  # this shard's valid items, file order
-    bad_lines: list[BadLine] = field(default_factory=list)  # this shard's invalid lines
-    total_items: int = 0  # valid items in the whole file, all shards
+    items: list[PromptItem] = field(default_factory=list)  # this shard's samples, file order (a prompt's in seed order)
+    bad_lines: list[BadLine] = field(default_factory=list)  # this shard's invalid lines (and failed checks)
+    total_items: int = 0  # valid prompts in the whole file, all shards
+    layout: str = "flat"  # the output tree's folder layout (io/paths.py)
 
 
 def shard_of(key: str, num_shards: int) -> int:
-    digest = hashlib.sha256(key.encode("utf-8")).digest()
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
     return int.from_bytes(digest[:8], "big") % num_shards
 
 
+def _run_seeds(cfg) -> tuple[int, list[int] | None, int]:
+    """The run's seed, seeds list and videos per prompt (command line / config), checked."""
+    try:
+        seed = check_seed(cfg.seed, "seed")
+        seeds = cfg.get("seeds") if hasattr(cfg, "get") else getattr(cfg, "seeds", None)
+        seeds = check_seed_list(list(seeds), "seeds") if seeds else None
+        num = cfg.get("num_videos_per_prompt", 1) if hasattr(cfg, "get") else getattr(cfg, "num_videos_per_prompt", 1)
+        num = check_num_videos(num)
+    except InputError as exc:
+        raise ConfigError(str(exc)) from None
+    return seed, seeds, num
+
+
+def expand_prompt(item: PromptItem, cfg, settings: dict, digest: str) -> list[PromptItem]:
+    """The samples of one prompt: one PromptItem per seed, under its sample id, with its identity."""
+    run_seed, run_seeds, run_num = _run_seeds(cfg)
+    seeds = seeds_for(item.seed, list(item.seeds) if item.seeds else None, item.num_videos, run_seed, run_seeds,
+                      run_num)
+    negative = item.negative_prompt if item.negative_prompt is not None else cfg.negative_prompt
+    out = []
+    for n, seed in enumerate(seeds):
+        ident = SampleIdentity(prompt_id=item.sample_id, video_index=n, seed=seed, settings=settings,
+                               settings_digest=digest, prompt=item.prompt, negative_prompt=negative)
+        out.append(replace(item, sample_id=ident.sample_id, seed=seed, prompt_id=item.sample_id, identity=ident))
+    return out
+
+
+def _is_video2world(cfg) -> bool:
+    return str(cfg.model.preset).endswith("_video2world")
+
+
 def collect_work(cfg) -> WorkList:
+    settings = generation_settings(cfg)
+    digest = settings_hash(settings)
+    layout = resolve_layout(cfg.output_dir, cfg.get("output_layout", "auto") if hasattr(cfg, "get") else
+                            getattr(cfg, "output_layout", "auto"))
+    _run_seeds(cfg)  # a bad seeds / num_videos_per_prompt is the run's error, before the file is read
     if cfg.prompt:
-        item = single_prompt_item(cfg.prompt, name=cfg.name, negative_prompt=None, seed=None)
-        return WorkList(items=[item], total_items=1)
+        # Video2World: the input is part of the prompt's identity (the same prompt on two images: two prompts).
+        extra = {"input_path": cfg.input_path} if _is_video2world(cfg) else None
+        item = single_prompt_item(cfg.prompt, name=cfg.name, negative_prompt=None, seed=None, extra=extra)
+        return WorkList(items=expand_prompt(item, cfg, settings, digest), total_items=1, layout=layout)
     path = Path(cfg.prompts_file)
     if not path.is_file():
         raise ConfigError(f"prompts_file: {path} does not exist (a JSONL file, one {{\"prompt\": ...}} object a line)")
-    work = WorkList()
+    work = WorkList(layout=layout)
     for entry in read_prompts_file(path):
         if isinstance(entry, BadLine):
             # A bad line has no id; it belongs to the shard of its line number so exactly one
@@ -44,16 +98,41 @@ def collect_work(cfg) -> WorkList:
             continue
         work.total_items += 1
         if shard_of(entry.sample_id, cfg.num_shards) == cfg.shard_index:
-            work.items.append(entry)
+            work.items.extend(expand_prompt(entry, cfg, settings, digest))
     return work
 
 
-def sidecar_path(output_dir: Path, sample_id: str) -> Path:
-    return output_dir / f"{sample_id}.json"
+def sidecar_path(output_dir: Path, sample_id: str, layout: str = "flat") -> Path:
+    return sample_paths(output_dir, sample_id, layout).sidecar
 
 
-def is_done(output_dir: Path, sample_id: str) -> bool:
-    return sidecar_path(output_dir, sample_id).is_file()
+def read_sidecar_identity(path: Path) -> tuple[bool, dict | None]:
+    """(exists, the sidecar's `identity` block or None when it has none or cannot be read)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(4 * 1024 * 1024)
+    except FileNotFoundError:
+        return False, None
+    except OSError:
+        return True, None
+    try:
+        rec = json.loads(data)
+    except (ValueError, RecursionError):
+        return True, None
+    ident = rec.get("identity") if isinstance(rec, dict) else None
+    return True, ident if isinstance(ident, dict) else None
+
+
+def is_done(output_dir: Path, item, layout: str = "flat") -> bool:
+    """`item`'s sidecar exists and records the fingerprint this run asks for. A sample id (str) alone is done when
+    its sidecar exists (status tools that do not know the settings)."""
+    if isinstance(item, str):
+        return sidecar_path(Path(output_dir), item, layout).is_file()
+    exists, ident = read_sidecar_identity(sidecar_path(Path(output_dir), item.sample_id, layout))
+    if not exists:
+        return False
+    expected = item.identity.fingerprint() if item.identity is not None else None
+    return expected is None or (ident is not None and ident.get("fingerprint") == expected)
 
 
 def check_output_dir(output_dir: Path) -> None:
