@@ -15,21 +15,22 @@ import pytest
 from cosmos_dist.io.records import Manifest, write_json_atomic
 from cosmos_dist.pipeline import preemption
 from cosmos_dist.pipeline.preemption import StopFlag, marker_path, shard_progress, shard_tag, write_shard_marker
-from cosmos_dist.pipeline.work import collect_work
+from cosmos_dist.pipeline.work import collect_work, compose_run_config
 
 from cosmos_dist.commands import shard_status
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def make_run(tmp_path: Path, n: int = 20, bad_lines: int = 2) -> tuple[Path, Path, list[str]]:
+def make_run(tmp_path: Path, n: int = 20, bad_lines: int = 2, overrides=()) -> tuple[Path, Path, list[str]]:
+    """A prompts file and the sample ids of the run that `overrides` describe (the ids depend on its settings)."""
     prompts, out = tmp_path / "prompts.jsonl", tmp_path / "out"
     lines = [json.dumps({"prompt": f"scene number {i}"}) for i in range(n)]
     for k in range(bad_lines):
         lines.insert(3 + 5 * k, "{not json")
     prompts.write_text("\n".join(lines) + "\n")
     out.mkdir()
-    ids = [it.sample_id for it in collect_work(SimpleNamespace(prompt=None, prompts_file=str(prompts), num_shards=1, shard_index=0)).items]
+    ids = [it.sample_id for it in collect_work(compose_run_config(list(overrides), str(prompts), str(out), 1)).items]
     return prompts, out, ids
 
 
@@ -56,9 +57,10 @@ def test_collect_matches_the_run_loop_sharding(tmp_path):
 
 
 def test_states_and_the_resubmission_line(tmp_path, capsys):
+    recorded = ["model=7b_text2world", "guidance=5"]
     prompts, out, ids = make_run(tmp_path, n=20, bad_lines=0)
     n = 3
-    shards = shard_status.collect(str(prompts), str(out), n)
+    shards = shard_status.collect(str(prompts), str(out), n, compose_run_config(recorded, str(prompts), str(out), n))
     # shard 0 complete, shard 1 one failure and the rest done, shard 2 one sample done.
     for sid in shards[0].pending:
         finish(out, sid)
@@ -87,13 +89,14 @@ def test_states_and_the_resubmission_line(tmp_path, capsys):
     assert argv[:2] == ["sbatch", "--array=2"]
     assert argv[3:] == [f"prompts_file={prompts}", f"output_dir={out}", "num_shards=3", "model=7b_text2world", "guidance=5"]
 
-    # --retry-failed adds shard 1; overrides after -- replace the recorded ones; --check fails while unfinished
+    # --retry-failed adds shard 1; overrides after -- replace the recorded ones (another model: other sample ids,
+    # so every shard is unfinished for that run); --check fails while unfinished
     rc = shard_status.main(["--prompts-file", str(prompts), "--output-dir", str(out), "--num-shards", str(n),
                             "--retry-failed", "--max-parallel", "8", "--sbatch-option=--time=1:00:00", "--check", "--clean-temp",
                             "--", "model=14b_text2world"])
     assert rc == 1
     line = capsys.readouterr().out.strip().splitlines()[-1]
-    assert shlex.split(line)[:3] == ["sbatch", "--array=1-2%8", "--time=1:00:00"]
+    assert shlex.split(line)[:3] == ["sbatch", "--array=0-2%8", "--time=1:00:00"]
     assert shlex.split(line)[-1] == "model=14b_text2world"
     assert not list(out.glob("*.tmp-*"))
 
@@ -114,7 +117,7 @@ def test_every_shard_finished(tmp_path, capsys):
 
 def test_marker_kinds_replace_each_other(tmp_path):
     prompts, out, ids = make_run(tmp_path, n=6, bad_lines=1)
-    p = shard_progress(prompts, out, 1, 0)
+    p = shard_progress(prompts, out, 1, 0, [])
     assert p.counts() == {"total": 6, "done": 0, "failed": 0, "blocked": 0, "pending": 6, "bad_lines": 1}
     path = write_shard_marker(out, p, reason="USR1", prompts_file=prompts, overrides=["a=1"])
     assert path.name == "shard-0000-of-0001.stopped.json"
@@ -123,7 +126,7 @@ def test_marker_kinds_replace_each_other(tmp_path):
     for sid in ids[:-1]:
         finish(out, sid)
     Manifest(out / "manifest.jsonl", rank_info={}).append("blocked", ids[-1], reason="guardrail")
-    p = shard_progress(prompts, out, 1, 0)
+    p = shard_progress(prompts, out, 1, 0, [])
     assert p.finished and len(p.blocked) == 1
     path = write_shard_marker(out, p)
     assert path.name == "shard-0000-of-0001.done.json" and not marker_path(out, 0, 1, "stopped").exists()
@@ -133,7 +136,7 @@ def test_marker_kinds_replace_each_other(tmp_path):
 def test_mark_command_exit_codes(tmp_path):
     prompts, out, ids = make_run(tmp_path, n=3, bad_lines=0)
     cmd = [sys.executable, "-m", "cosmos_dist.pipeline.preemption", "mark", "--prompts-file", str(prompts),
-           "--output-dir", str(out), "--num-shards", "1", "--shard-index", "0", "--reason", "TERM", "--", "model=x"]
+           "--output-dir", str(out), "--num-shards", "1", "--shard-index", "0", "--reason", "TERM", "--", "model=7b_text2world"]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 3 and f"next {ids[0]}" in r.stdout, r.stdout + r.stderr
     for sid in ids:
@@ -144,7 +147,7 @@ def test_mark_command_exit_codes(tmp_path):
 
 def test_finish_shard_helper(tmp_path):
     prompts, out, ids = make_run(tmp_path, n=4, bad_lines=0)
-    cfg = SimpleNamespace(prompt=None, prompts_file=str(prompts), output_dir=str(out), num_shards=1, shard_index=0)
+    cfg = compose_run_config([], str(prompts), str(out), 1)
     work = collect_work(cfg)
     assert preemption.finish_shard(cfg, work, "SIGUSR1").name == "shard-0000-of-0001.stopped.json"
     for sid in ids:

@@ -22,6 +22,9 @@ import sys
 from pathlib import Path
 
 
+from cosmos_dist.errors import CosmosDistError
+from cosmos_dist.io.identity import generation_settings, settings_hash
+from cosmos_dist.io.paths import iter_sidecars
 from cosmos_dist.io.prompts import BadLine, read_prompts_file
 from cosmos_dist.pipeline.preemption import (
     ShardProgress,
@@ -29,11 +32,9 @@ from cosmos_dist.pipeline.preemption import (
     last_events,
     read_run_record,
     read_shard_markers,
-    sidecar_ids,
 )
-from cosmos_dist.pipeline.work import shard_of
+from cosmos_dist.pipeline.work import RUN_KEYS, compose_run_config, expand_prompt, shard_of
 
-RUN_KEYS = ("prompts_file", "output_dir", "num_shards", "shard_index")
 
 
 def compress_ranges(indices: list[int]) -> str:
@@ -50,16 +51,22 @@ def compress_ranges(indices: list[int]) -> str:
     return ",".join(parts)
 
 
-def collect(prompts_file: str, output_dir: str, num_shards: int) -> list[ShardProgress]:
-    """Progress of every shard, from one pass over the prompts file, one directory listing and the manifest."""
+def collect(prompts_file: str, output_dir: str, num_shards: int, cfg=None) -> list[ShardProgress]:
+    """Progress of every shard, from one pass over the prompts file, one walk of the sidecars and the manifest.
+    `cfg`: the run's configuration (run_config), which the sample ids depend on; None: an empty settings set."""
+    from types import SimpleNamespace
+
+    cfg = cfg if cfg is not None else SimpleNamespace(output_dir=output_dir)
+    settings = generation_settings(cfg)
+    digest = settings_hash(settings)
     items: list[list] = [[] for _ in range(num_shards)]
     shards = [ShardProgress(i, num_shards) for i in range(num_shards)]
     for entry in read_prompts_file(prompts_file):
         if isinstance(entry, BadLine):  # same rule as cosmos_dist.pipeline.work.collect_work
             shards[shard_of(f"line:{entry.line_number}", num_shards)].bad_lines.append(entry.line_number)
         else:
-            items[shard_of(entry.sample_id, num_shards)].append(entry)
-    done = sidecar_ids(output_dir)
+            items[shard_of(entry.sample_id, num_shards)].extend(expand_prompt(entry, cfg, settings, digest))
+    done = {sid for sid, _ in iter_sidecars(output_dir)}
     events = last_events(Path(output_dir) / "manifest.jsonl")
     for shard, its in zip(shards, items):
         classify(shard, its, done, events)
@@ -141,7 +148,6 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(args.prompts_file).is_file():
         p.error(f"--prompts-file {args.prompts_file} does not exist")
 
-    shards = collect(args.prompts_file, args.output_dir, args.num_shards)
     markers = read_shard_markers(args.output_dir, args.num_shards)
     overrides_known = overrides is not None
     if overrides is None:
@@ -153,6 +159,12 @@ def main(argv: list[str] | None = None) -> int:
         # None recorded (a run started by hand, or by scripts older than the start record): the printed line
         # would silently fall back to the defaults (model=7b_text2world, ...), so say so next to it.
         overrides_known = newest is not None
+    try:
+        # The sample ids depend on the run's settings: compose them as generate.py does.
+        cfg = compose_run_config(overrides, args.prompts_file, args.output_dir, args.num_shards)
+        shards = collect(args.prompts_file, args.output_dir, args.num_shards, cfg)
+    except CosmosDistError as exc:
+        p.error(str(exc))
     todo = unfinished(shards, args.retry_failed)
     temps = temp_leftovers(args.output_dir)
     if args.clean_temp:

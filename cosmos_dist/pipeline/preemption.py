@@ -166,20 +166,31 @@ def classify(progress: ShardProgress, items: Iterable, done_ids, events: Mapping
     return progress
 
 
-def shard_progress(prompts_file, output_dir, num_shards: int, shard_index: int) -> ShardProgress:
-    """Progress of one shard, read from the prompts file, the sidecars and the manifest."""
+def shard_progress(prompts_file, output_dir, num_shards: int, shard_index: int, overrides=None) -> ShardProgress:
+    """Progress of one shard, read from the prompts file, the sidecars and the manifest. The sample ids depend on
+    the run's settings: `overrides` (its Hydra overrides) give them; None: an empty settings set."""
     from types import SimpleNamespace
 
-    from cosmos_dist.pipeline.work import collect_work
+    from cosmos_dist.errors import ConfigError
+    from cosmos_dist.pipeline.work import collect_work, compose_run_config
 
-    cfg = SimpleNamespace(prompt=None, prompts_file=str(prompts_file), num_shards=num_shards, shard_index=shard_index)
+    cfg = SimpleNamespace(prompt=None, prompts_file=str(prompts_file), num_shards=num_shards, shard_index=shard_index,
+                          output_dir=str(output_dir))
+    if overrides is not None:
+        try:
+            cfg = compose_run_config(list(overrides), str(prompts_file), str(output_dir), num_shards)
+            cfg.shard_index = shard_index
+        except ConfigError as exc:
+            log.warning("shard progress without the run's settings: %s", exc)
     work = collect_work(cfg)
     return progress_of_work(work, output_dir, num_shards, shard_index)
 
 
 def progress_of_work(work, output_dir, num_shards: int, shard_index: int) -> ShardProgress:
     out = Path(output_dir)
-    done_ids = {it.sample_id for it in work.items if (out / f"{it.sample_id}.json").is_file()}
+    from cosmos_dist.pipeline.work import is_done
+
+    done_ids = {it.sample_id for it in work.items if is_done(out, it.sample_id, getattr(work, "layout", "flat"))}
     progress = ShardProgress(shard_index, num_shards, bad_lines=[b.line_number for b in work.bad_lines])
     return classify(progress, work.items, done_ids, last_events(out / "manifest.jsonl"))
 
@@ -317,7 +328,7 @@ def _main(argv: list[str] | None = None) -> int:
     if args.command == "started":
         print(f"recorded the run's overrides -> {write_run_record(args.output_dir, args.num_shards, args.overrides)}")
         return 0
-    progress = shard_progress(args.prompts_file, args.output_dir, args.num_shards, args.shard_index)
+    progress = shard_progress(args.prompts_file, args.output_dir, args.num_shards, args.shard_index, args.overrides)
     path = write_shard_marker(
         args.output_dir, progress, reason=args.reason or None, prompts_file=args.prompts_file,
         overrides=args.overrides, exit_code=args.exit_code,

@@ -43,14 +43,22 @@ def shard_of(key: str, num_shards: int) -> int:
     return int.from_bytes(digest[:8], "big") % num_shards
 
 
+def _get(cfg, key: str, default):
+    """A run setting, or `default` where the config-like object has none (status tools pass a few fields)."""
+    try:
+        value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
+    except Exception:  # noqa: BLE001 - a struct config without the key
+        return default
+    return default if value is None and default is not None else value
+
+
 def _run_seeds(cfg) -> tuple[int, list[int] | None, int]:
     """The run's seed, seeds list and videos per prompt (command line / config), checked."""
     try:
-        seed = check_seed(cfg.seed, "seed")
-        seeds = cfg.get("seeds") if hasattr(cfg, "get") else getattr(cfg, "seeds", None)
+        seed = check_seed(_get(cfg, "seed", 1), "seed")
+        seeds = _get(cfg, "seeds", None)
         seeds = check_seed_list(list(seeds), "seeds") if seeds else None
-        num = cfg.get("num_videos_per_prompt", 1) if hasattr(cfg, "get") else getattr(cfg, "num_videos_per_prompt", 1)
-        num = check_num_videos(num)
+        num = check_num_videos(_get(cfg, "num_videos_per_prompt", 1))
     except InputError as exc:
         raise ConfigError(str(exc)) from None
     return seed, seeds, num
@@ -61,7 +69,7 @@ def expand_prompt(item: PromptItem, cfg, settings: dict, digest: str) -> list[Pr
     run_seed, run_seeds, run_num = _run_seeds(cfg)
     seeds = seeds_for(item.seed, list(item.seeds) if item.seeds else None, item.num_videos, run_seed, run_seeds,
                       run_num)
-    negative = item.negative_prompt if item.negative_prompt is not None else cfg.negative_prompt
+    negative = item.negative_prompt if item.negative_prompt is not None else _get(cfg, "negative_prompt", None)
     out = []
     for n, seed in enumerate(seeds):
         ident = SampleIdentity(prompt_id=item.sample_id, video_index=n, seed=seed, settings=settings,
@@ -71,19 +79,24 @@ def expand_prompt(item: PromptItem, cfg, settings: dict, digest: str) -> list[Pr
 
 
 def _is_video2world(cfg) -> bool:
-    return str(cfg.model.preset).endswith("_video2world")
+    model = _get(cfg, "model", None)
+    return str(getattr(model, "preset", "")).endswith("_video2world")
 
 
 def collect_work(cfg) -> WorkList:
+    """This shard's samples (prompts expanded by seed, under their ids) and bad lines. `cfg`: the run's config;
+    status tools may pass an object with only prompt / prompts_file / num_shards / shard_index (+ output_dir):
+    the settings part of the ids is then that of an empty settings set."""
     settings = generation_settings(cfg)
     digest = settings_hash(settings)
-    layout = resolve_layout(cfg.output_dir, cfg.get("output_layout", "auto") if hasattr(cfg, "get") else
-                            getattr(cfg, "output_layout", "auto"))
+    out = _get(cfg, "output_dir", None)
+    layout = resolve_layout(out, _get(cfg, "output_layout", "auto")) if out else "flat"
     _run_seeds(cfg)  # a bad seeds / num_videos_per_prompt is the run's error, before the file is read
     if cfg.prompt:
         # Video2World: the input is part of the prompt's identity (the same prompt on two images: two prompts).
         extra = {"input_path": cfg.input_path} if _is_video2world(cfg) else None
-        item = single_prompt_item(cfg.prompt, name=cfg.name, negative_prompt=None, seed=None, extra=extra)
+        item = single_prompt_item(cfg.prompt, name=_get(cfg, "name", None), negative_prompt=None, seed=None,
+                                  extra=extra)
         return WorkList(items=expand_prompt(item, cfg, settings, digest), total_items=1, layout=layout)
     path = Path(cfg.prompts_file)
     if not path.is_file():
@@ -100,6 +113,29 @@ def collect_work(cfg) -> WorkList:
         if shard_of(entry.sample_id, cfg.num_shards) == cfg.shard_index:
             work.items.extend(expand_prompt(entry, cfg, settings, digest))
     return work
+
+
+RUN_KEYS = ("prompts_file", "output_dir", "num_shards", "shard_index")
+
+
+def compose_run_config(overrides: list[str], prompts_file: str, output_dir: str, num_shards: int):
+    """A run's configuration as generate.py composes it from its Hydra `overrides`, for the status tools: the
+    sample ids depend on its generation settings, seeds and videos per prompt. ConfigError when they do not
+    compose (the run itself would have refused them)."""
+    from hydra import compose, initialize_config_dir
+
+    from cosmos_dist.config import register_configs
+
+    register_configs()
+    keep = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in RUN_KEYS]
+    run = [f"prompts_file={prompts_file}", f"output_dir={output_dir}", f"num_shards={num_shards}"]
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    try:
+        with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+            return compose(config_name="generate", overrides=[*keep, *run])
+    except Exception as exc:  # noqa: BLE001 - Hydra's many error types: one line
+        raise ConfigError(f"the run's overrides {' '.join(keep)!r} do not compose ({' '.join(str(exc).split())}); "
+                          "give the run's overrides after `--`") from None
 
 
 def sidecar_path(output_dir: Path, sample_id: str, layout: str = "flat") -> Path:
