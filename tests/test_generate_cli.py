@@ -57,8 +57,18 @@ def write_jsonl(path: Path, lines: list) -> Path:
     return path
 
 
+def sid_of(out: Path, prompt_id: str) -> str:
+    """The sample id of prompt `prompt_id`'s only video in `out` ({prompt_id}_s{seed}_{settings})."""
+    (side,) = out.glob(f"{prompt_id}_s*.json")
+    return side.stem
+
+
+def prompt_id_of(sample_id: str) -> str:
+    return sample_id.rsplit("_", 2)[0]
+
+
 def sidecars(out: Path) -> dict[str, dict]:
-    return {p.stem: json.loads(p.read_text()) for p in out.glob("*.json")}
+    return {p.stem: json.loads(p.read_text()) for p in out.glob("*.json") if not p.name.startswith(".")}
 
 
 def final_mp4s(out: Path) -> list[Path]:
@@ -113,8 +123,8 @@ def test_single_prompt(single_run, ckpt):
     assert "Traceback" not in proc.stderr
     assert "RANDOM WEIGHTS" in proc.stderr and "noise-like" in proc.stderr
     out = cwd / "outputs"
-    sid = derive_sample_id(PROMPT)  # same prompt -> same file name
-    assert sorted(p.name for p in out.iterdir()) == sorted([f"{sid}.mp4", f"{sid}.json", "manifest.jsonl"])
+    sid = sid_of(out, derive_sample_id(PROMPT))  # same prompt -> same file name
+    assert sorted(p.name for p in out.iterdir()) == sorted([f"{sid}.mp4", f"{sid}.json", "manifest.jsonl", ".layout.json"])
     check_video(out / f"{sid}.mp4")
 
     from cosmos_dist.config import DEFAULT_NEGATIVE_PROMPT
@@ -124,7 +134,7 @@ def test_single_prompt(single_run, ckpt):
     assert side["sample_id"] == sid and side["video"] == f"{sid}.mp4"
     assert side["prompt"] == PROMPT
     assert side["negative_prompt"] == DEFAULT_NEGATIVE_PROMPT
-    assert side["seed"] == 5 and side["sample_seed"] == sample_seed(5, sid)
+    assert side["seed"] == 5 and side["sample_seed"] == sample_seed(5, derive_sample_id(PROMPT))  # noise: prompt id
     assert side["model"] == {"preset": "tiny_text2world", "kind": "text2world", "random_weights": True}
     ck = side["checkpoint"]
     assert Path(ck["path"]).resolve() == (ckpt / "tiny-random/Cosmos-Predict1-Tiny-Text2World/model.pt").resolve()
@@ -147,7 +157,7 @@ def test_single_prompt(single_run, ckpt):
 def test_rerun_skips_done_samples(single_run, ckpt):
     cwd, first, first_s = single_run
     assert first.returncode == 0, first.stderr
-    sid = derive_sample_id(PROMPT)
+    sid = sid_of(cwd / "outputs", derive_sample_id(PROMPT))
     before = (cwd / "outputs" / f"{sid}.mp4").stat().st_mtime_ns
     t0 = time.perf_counter()
     proc = generate(cwd, ckpt, f"prompt={PROMPT}", "seed=5", "guidance=6")
@@ -175,7 +185,7 @@ def test_prompts_file_with_bad_lines(tmp_path, ckpt):
     assert "Traceback" not in proc.stderr
     assert "line 2" in proc.stderr and "line 4" in proc.stderr  # the summary names them
     out = tmp_path / "out"
-    ids = ["red", derive_sample_id("a green hill"), derive_sample_id("a blue cube", seed=9)]
+    ids = [sid_of(out, p) for p in ("red", derive_sample_id("a green hill"), derive_sample_id("a blue cube", seed=9))]
     for sid in ids:
         check_video(out / f"{sid}.mp4")
         assert (out / f"{sid}.json").is_file()
@@ -225,16 +235,16 @@ def test_killed_run_leaves_no_partial_final_files(tmp_path, ckpt):
     # An mp4 renamed in place whose sidecar was not yet written (the kill fell between the two) is not
     # done; the rerun makes it again. Nothing else may exist under a final name.
     finals = {p.name for p in out.iterdir() if ".tmp-" not in p.name}
-    assert finals <= {f"{s}.mp4" for s in mp4s} | {f"{s}.json" for s in done} | {"manifest.jsonl"}
+    assert finals <= {f"{s}.mp4" for s in mp4s} | {f"{s}.json" for s in done} | {"manifest.jsonl", ".layout.json"}
 
     rerun = generate(tmp_path, ckpt, f"prompts_file={prompts}", "output_dir=out")
     assert rerun.returncode == 0, rerun.stderr
-    assert set(sidecars(out)) == {f"s{i}" for i in range(n)}
+    assert {prompt_id_of(s) for s in sidecars(out)} == {f"s{i}" for i in range(n)}
     for i in range(n):
-        check_video(out / f"s{i}.mp4")
+        check_video(out / f"{sid_of(out, f's{i}')}.mp4")
     statuses = [m for m in read_manifest(out / "manifest.jsonl") if m["pid"] != proc.pid]
     assert sorted(m["sample_id"] for m in statuses if m["status"] == "skipped") == sorted(done)
-    assert sorted(m["sample_id"] for m in statuses if m["status"] == "done") == sorted({f"s{i}" for i in range(n)} - done)
+    assert sorted(m["sample_id"] for m in statuses if m["status"] == "done") == sorted(set(sidecars(out)) - done)
 
 
 def test_latent_does_not_depend_on_position_in_file(tmp_path, ckpt):
@@ -247,7 +257,9 @@ def test_latent_does_not_depend_on_position_in_file(tmp_path, ckpt):
                         "num_steps=2")
         assert proc.returncode == 0, proc.stderr
         runs[name] = tmp_path / name
-    for sid in (derive_sample_id(a["prompt"]), "train"):
+    for pid in (derive_sample_id(a["prompt"]), "train"):
+        sid = sid_of(runs["first"], pid)
+        assert sid == sid_of(runs["last"], pid)
         lat_first = torch.load(runs["first"] / f"{sid}.latent.pt", weights_only=True)
         lat_last = torch.load(runs["last"] / f"{sid}.latent.pt", weights_only=True)
         assert lat_first.shape == (1, 16, 3, TINY["height"] // 8, TINY["width"] // 8)
@@ -264,11 +276,12 @@ def test_multirun_sweep_writes_each_combination(tmp_path, ckpt):
     proc = subprocess.run(argv, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr
     sweep = tmp_path / "sweep"
-    sid = derive_sample_id("a red ball")
+    pid = derive_sample_id("a red ball")
     seen = set()
     for guidance in (5, 7):
         for seed in (1, 2):
             sub = sweep / f"guidance={guidance},model=tiny_text2world,num_steps=3,seed={seed}"
+            sid = sid_of(sub, pid)
             assert (sub / f"{sid}.mp4").is_file(), f"{sub.name}: no video (files: {sorted(p.name for p in sweep.rglob('*'))})"
             side = json.loads((sub / f"{sid}.json").read_text())
             assert side["sampler"]["guidance"] == guidance and side["seed"] == seed
