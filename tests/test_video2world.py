@@ -335,14 +335,14 @@ def test_conditioning_math_35_steps(ckpt, assets_dir, tmp_path, monkeypatch, num
     monkeypatch.setattr(pipe.net, "forward_tokens", spy_forward)
     cond, uncond = pipe.encode(item.prompt, cfg.negative_prompt)
     rec = RecordingCondition(condition)
-    stages.sample_latent(pipe, item.sample_id, seed, cond, uncond, rec)
+    stages.sample_latent(pipe, item.noise_key, seed, cond, uncond, rec)
 
     net = pipe.net
     gt_tok, grid = net.patchify(condition.gt)
     per_frame = grid[1] * grid[2]
     ind = torch.zeros(gt_tok.shape[1], dtype=torch.bool)
     ind[: k * per_frame] = True
-    noise_tok, _ = net.patchify(fixed_noise(shape, seed, item.sample_id, AUGMENT_STREAM))
+    noise_tok, _ = net.patchify(fixed_noise(shape, seed, item.noise_key, AUGMENT_STREAM))
     sigmas = karras_sigmas(35)
     assert len(rec.steps) == 35 and len(seen_masks) == 35
     for mask in seen_masks:
@@ -410,9 +410,11 @@ def test_prompts_file_bad_inputs_fail_their_lines_only(ckpt, assets_dir, tmp_pat
     cfg = small_cfg(ckpt, out, f"prompts_file={prompts}", "num_steps=2", "negative_prompt=")
     validate_config(cfg)
     summary = Video2WorldPipeline(cfg, SingleProcess()).run()
-    assert sorted(summary.done) == ["ok-image", "ok-video"]
+    prompt_id = lambda sid: sid.rsplit("_", 2)[0]  # noqa: E731 - sample ids are {prompt id}_s{seed}_{settings}
+    assert sorted(map(prompt_id, summary.done)) == ["ok-image", "ok-video"]
     assert summary.exit_code == 1
-    events = {(e.get("sample_id") or f"line {e['line']}"): e for e in read_manifest(out / "manifest.jsonl")}
+    events = {(prompt_id(e["sample_id"]) if e.get("sample_id") else f"line {e['line']}"): e
+              for e in read_manifest(out / "manifest.jsonl")}
     assert events["ok-image"]["status"] == events["ok-video"]["status"] == "done"
     reasons = {
         "missing": "file not found",
@@ -420,13 +422,13 @@ def test_prompts_file_bad_inputs_fail_their_lines_only(ckpt, assets_dir, tmp_pat
         "short": "has 3 frames",
         "unreadable": "could not read it as an image",
         "gif": "unsupported file type",
-        "line 8": '"num_input_frames" must be 1 or 9',
-        "line 9": "no input image or video",
+        "three": '"num_input_frames" must be 1 or 9',
+        "no-input": "no input image or video",
     }
     for key, why in reasons.items():
         assert events[key]["status"] == "failed" and why in events[key]["reason"], (key, events[key])
 
-    side = json.loads((out / "ok-video.json").read_text())
+    side = json.loads(next(out.glob("ok-video_s*.json")).read_text())
     v2w = side["extra"]["video2world"]
     assert v2w["input_path"] == "clip12.mp4" and v2w["input_resolved"] == str((assets_dir / "clip12.mp4").resolve())
     assert v2w["input_original_size"] == {"width": 64, "height": 48} and v2w["input_total_frames"] == 12
@@ -434,7 +436,7 @@ def test_prompts_file_bad_inputs_fail_their_lines_only(ckpt, assets_dir, tmp_pat
     # An empty negative prompt: like the reference Video2World, no guidance, and the sidecar says so.
     assert v2w["classifier_free_guidance"] is False
     assert any("classifier-free guidance has no effect" in note for note in side["notes"])
-    img = json.loads((out / "ok-image.json").read_text())["extra"]["video2world"]
+    img = json.loads(next(out.glob("ok-image_s*.json")).read_text())["extra"]["video2world"]
     assert img["input_kind"] == "image" and img["input_original_size"] == {"width": 160, "height": 90}
 
 
@@ -468,7 +470,7 @@ def test_cli_image_and_video(ckpt, assets_dir, tmp_path):
     r = run_cli(tmp_path, "model=tiny_video2world", "input_path=photo.png", "prompt=a robot arm picks up a cup",
                 "num_steps=3", f"checkpoint_dir={ckpt}", "progress=false")
     assert r.returncode == 0, r.stderr[-3000:]
-    (side,) = [p for p in (tmp_path / "outputs").glob("*.json")]
+    (side,) = [p for p in (tmp_path / "outputs").glob("*.json") if not p.name.startswith(".")]
     info = json.loads(side.read_text())
     assert info["model"]["kind"] == "video2world" and info["extra"]["video2world"]["input_path"] == "photo.png"
     v = probe_video(side.with_suffix(".mp4"))
@@ -478,7 +480,7 @@ def test_cli_image_and_video(ckpt, assets_dir, tmp_path):
                 "prompt=a car drives on", "num_steps=3", f"checkpoint_dir={ckpt}", "output_dir=out9", "progress=false",
                 "resize_mode=crop")
     assert r.returncode == 0, r.stderr[-3000:]
-    (side,) = [p for p in (tmp_path / "out9").glob("*.json")]
+    (side,) = [p for p in (tmp_path / "out9").glob("*.json") if not p.name.startswith(".")]
     v2w = json.loads(side.read_text())["extra"]["video2world"]
     assert v2w["num_input_frames"] == 9 and v2w["num_condition_latent_frames"] == 2 and v2w["resize_mode"] == "crop"
     assert probe_video(side.with_suffix(".mp4")).frames == 17

@@ -46,15 +46,18 @@ def probe_input(path: Path, num_input_frames: int) -> None:
     from cosmos_dist.io.visual_input import check_visual_input
 
     kind = check_visual_input(path, num_input_frames)
-    try:
-        if kind == "image":
-            from PIL import Image
+    if kind == "image":
+        from PIL import Image
 
+        try:
             with Image.open(path) as im:  # header only; Pillow refuses decompression bombs here
                 w, h = im.size
-            if w < 1 or h < 1:
-                raise InputError(f"input {path}: image of size {w}x{h}")
-            return
+        except Exception as exc:  # noqa: BLE001 - whatever Pillow raises, this sample's failure
+            raise InputError(f"input {path}: could not read it as an image ({_reason(exc)})") from None
+        if w < 1 or h < 1:
+            raise InputError(f"input {path}: image of size {w}x{h}")
+        return
+    try:
         from cosmos_dist.io.video import probe_video
 
         frames = probe_video(path).frames
@@ -133,6 +136,9 @@ def screen_work(work, cfg, tokenizer_dir: Path | None, *, output_dir: Path,
                 spec = None
                 try:
                     spec = input_of(item)
+                    from cosmos_dist.io.visual_input import check_visual_input
+
+                    check_visual_input(spec.path, spec.num_input_frames)  # type, then existence: the clearer error
                     st = os.stat(spec.path)
                     key = (str(spec.path), st.st_size, st.st_mtime_ns, spec.num_input_frames)
                     if key not in hashes:
