@@ -263,8 +263,15 @@ def _run_script_locally(tmp_path: Path, extra_env: dict, args: list[str]) -> sub
 
 
 def test_array_script_stops_on_usr1_without_slurm(tmp_path):
+    from types import SimpleNamespace
+
+    from cosmos_dist.pipeline.work import collect_work
+
     prompts, out = tmp_path / "p.jsonl", tmp_path / "out"
-    ids = write_prompts(prompts, 6)
+    write_prompts(prompts, 6)
+    # The fake generator knows no settings: its sample ids are those of an empty settings set.
+    ids = [it.sample_id for it in collect_work(SimpleNamespace(prompt=None, prompts_file=str(prompts), num_shards=1,
+                                                               shard_index=0)).items]
     proc = _run_script_locally(tmp_path, {}, [f"prompts_file={prompts}", f"output_dir={out}", "num_shards=1", "fake_seconds=0.5"])
     deadline = time.monotonic() + 60
     while not any((out / f"{i}.json").exists() for i in ids):
