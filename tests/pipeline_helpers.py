@@ -33,7 +33,21 @@ def write_prompts(path: Path, rows: list[dict]) -> Path:
 def manifest_by_id(out: Path) -> dict[str, dict]:
     from cosmos_dist.io.records import read_manifest
 
-    return {e["sample_id"]: e for e in read_manifest(out / "manifest.jsonl") if e.get("sample_id")}
+    by_id = {}
+    for e in read_manifest(out / "manifest.jsonl"):
+        if e.get("sample_id"):
+            by_id[e["sample_id"]] = e
+            by_id[prompt_id(e["sample_id"])] = e  # tests of one video per prompt look samples up by prompt id
+    return by_id
+
+
+def prompt_id(sample_id: str) -> str:
+    """The prompt id of a sample id ({prompt id}_s{seed}_{settings}, cosmos_dist/io/identity.py)."""
+    return sample_id.rsplit("_", 2)[0]
+
+
+def prompt_ids(sample_ids) -> list[str]:
+    return [prompt_id(s) for s in sample_ids]
 
 
 class Recorder:

@@ -16,7 +16,7 @@ from cosmos_dist.config import validate_config
 from cosmos_dist.errors import ConfigError
 from cosmos_dist.guardrails import GuardrailError, Verdict, run_text_check, run_video_stage
 from cosmos_dist.guardrails.keyword import KeywordGuardrail
-from pipeline_helpers import REPO, Recorder, compose, manifest_by_id, recording_pipeline, small_cfg, write_prompts
+from pipeline_helpers import prompt_ids, REPO, Recorder, compose, manifest_by_id, recording_pipeline, small_cfg, write_prompts
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +187,7 @@ def test_blocked_prompt_writes_nothing_and_the_run_goes_on(ckpt, tmp_path, monke
     rec = Recorder()
     cfg = small_cfg(ckpt, out, f"prompts_file={prompts}", "guardrail.blocklist=[bomb]", "offload=text_encoder")
     summary = recording_pipeline(cfg, rec, monkeypatch).run()
-    assert sorted(summary.done) == ["a", "c"] and summary.blocked == ["b"] and not summary.failed
+    assert sorted(prompt_ids(summary.done)) == ["a", "c"] and prompt_ids(summary.blocked) == ["b"] and not summary.failed
     assert summary.exit_code == 0
     m = manifest_by_id(out)
     assert m["b"]["status"] == "blocked" and m["b"]["stage"] == "text"
@@ -197,7 +197,7 @@ def test_blocked_prompt_writes_nothing_and_the_run_goes_on(ckpt, tmp_path, monke
     kinds = [e[0] for e in rec.events]
     assert kinds[:3] == ["guard_text"] * 3
     assert ("encode", "a bomb in a market") not in rec.events and ("sample", "b") not in rec.events
-    side = json.loads((out / "a.json").read_text())["extra"]["guardrail"]
+    side = json.loads(next(out.glob("a_s*.json")).read_text())["extra"]["guardrail"]
     assert side["enabled"] and side["provider"] == "keyword" and side["blocklist"] == ["bomb"]
     assert side["checks"] == {"text": ["prompt: passed"], "video": "passed"}
 
@@ -208,7 +208,7 @@ def test_video_block_and_provider_error_paths(ckpt, tmp_path, monkeypatch):
     out = tmp_path / "vid"
     cfg = small_cfg(ckpt, out, f"prompts_file={prompts}", "guardrail.video_mean_range=[0,1]")
     summary = recording_pipeline(cfg, Recorder(), monkeypatch).run()
-    assert sorted(summary.blocked) == ["one", "two"] and not summary.done and summary.exit_code == 0
+    assert sorted(prompt_ids(summary.blocked)) == ["one", "two"] and not summary.done and summary.exit_code == 0
     m = manifest_by_id(out)
     assert m["one"]["stage"] == "video" and "mean pixel value" in m["one"]["reason"]
     assert not list(out.glob("*.mp4")) and not list(out.glob("*.json"))
@@ -216,16 +216,16 @@ def test_video_block_and_provider_error_paths(ckpt, tmp_path, monkeypatch):
     out = tmp_path / "err"
     cfg = small_cfg(ckpt, out, f"prompts_file={prompts}")
     summary = recording_pipeline(cfg, Recorder(), monkeypatch, provider_factory=lambda: Exploding("two")).run()
-    assert summary.done == ["one"] and summary.failed == ["two"] and summary.exit_code == 1
+    assert prompt_ids(summary.done) == ["one"] and prompt_ids(summary.failed) == ["two"] and summary.exit_code == 1
     m = manifest_by_id(out)
     assert m["two"]["status"] == "failed" and "guard model crashed" in m["two"]["reason"]
-    assert not (out / "two.mp4").exists()
+    assert not any(out.glob("two_s*.mp4"))
     # guardrail=off: recorded in the sidecar
     out = tmp_path / "off"
     cfg = small_cfg(ckpt, out, "prompt=a bomb", "guardrail=off")
     summary = recording_pipeline(cfg, Recorder(), monkeypatch).run()
-    assert len(summary.done) == 1
-    side = json.loads(next(out.glob("*.json")).read_text())
+    assert len(prompt_ids(summary.done)) == 1
+    side = json.loads(next(out.glob("*_s*.json")).read_text())
     assert side["extra"]["guardrail"]["enabled"] is False and "guardrail=off" in side["extra"]["guardrail"]["note"]
 
 
@@ -245,11 +245,11 @@ def test_cli_prompts_file_with_one_blocked_prompt(ckpt, tmp_path):
     res = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     out = tmp_path / "outputs"
-    assert (out / "robot.mp4").is_file() and (out / "beach.mp4").is_file()
-    assert not (out / "market.mp4").exists() and not (out / "market.json").exists()
+    assert any(out.glob("robot_s*.mp4")) and any(out.glob("beach_s*.mp4"))
+    assert not any(out.glob("market_s*.mp4")) and not any(out.glob("market_s*.json"))
     lines = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
     blocked = [x for x in lines if x["status"] == "blocked"]
-    assert len(blocked) == 1 and blocked[0]["sample_id"] == "market" and blocked[0]["line"] == 2
+    assert len(blocked) == 1 and blocked[0]["sample_id"].startswith("market_s") and blocked[0]["line"] == 2
     assert "blocked word 'bomb'" in blocked[0]["reason"]
     assert "2 done, 0 skipped, 0 failed, 1 blocked" in res.stderr
 

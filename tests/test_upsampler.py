@@ -10,7 +10,7 @@ import torch
 
 from cosmos_dist.errors import CheckpointError, ConfigError
 from cosmos_dist.text.upsampler import INSTRUCTION, PromptUpsampler, clean_text
-from pipeline_helpers import Recorder, manifest_by_id, recording_pipeline, small_cfg, write_prompts
+from pipeline_helpers import prompt_ids, Recorder, manifest_by_id, recording_pipeline, small_cfg, write_prompts
 
 WORDS = ("a the robot arm walks through sunlit warehouse with tall shelves and boxes red ball rolls across wooden "
          "floor camera pans slowly left right cat sleeps on warm window sill rain falls city street at night").split()
@@ -102,8 +102,8 @@ def test_pipeline_records_both_prompts_and_checks_the_upsampled_one(ckpt, lm_dir
     cfg = small_cfg(ckpt, out, f"prompts_file={prompts}", "upsampler.enabled=true", f"upsampler.model_dir={lm_dir}",
                     "upsampler.max_new_tokens=8", "offload=upsampler", "allow_long_prompts=true")
     summary = recording_pipeline(cfg, rec, monkeypatch).run()
-    assert sorted(summary.done) == ["long", "short"], manifest_by_id(out)
-    side = json.loads((out / "short.json").read_text())
+    assert sorted(prompt_ids(summary.done)) == ["long", "short"], manifest_by_id(out)
+    side = json.loads(next(out.glob("short_s*.json")).read_text())
     up = side["extra"]["upsampler"]
     assert side["original_prompt"] == "a red ball" and up["original_prompt"] == "a red ball"
     assert up["upsampled"] and side["prompt"] == up["upsampled_prompt"] != "a red ball"
@@ -115,7 +115,7 @@ def test_pipeline_records_both_prompts_and_checks_the_upsampled_one(ckpt, lm_dir
     assert side["extra"]["guardrail"]["checks"]["text"] == ["prompt: passed", "upsampled prompt: passed"]
     # the upsampler moved in once for the chunk (offload=upsampler), and only it
     assert [e for e in rec.events if e[0] in ("in", "out")] == [("in", "upsampler"), ("out", "upsampler")]
-    long_side = json.loads((out / "long.json").read_text())
+    long_side = json.loads(next(out.glob("long_s*.json")).read_text())
     assert "original_prompt" not in long_side and not long_side["extra"]["upsampler"]["upsampled"]
     assert any("prompt upsampler skipped: 260 words" in n for n in long_side["notes"])
 
