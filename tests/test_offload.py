@@ -115,7 +115,7 @@ def test_dit_streams_block_by_block_with_identical_numbers():
 
 
 def _latents(out):
-    return {p.name.split(".")[0]: torch.load(p) for p in sorted(out.glob("*.latent.pt"))}
+    return {prompt_ids([p.name.split(".")[0]])[0]: torch.load(p) for p in sorted(out.glob("*.latent.pt"))}
 
 
 def test_stage_order_moves_each_model_once_per_chunk_and_same_latents(ckpt, tmp_path, monkeypatch):
@@ -181,7 +181,7 @@ def test_failure_in_one_sample_does_not_stop_the_chunk(ckpt, tmp_path, monkeypat
     m = manifest_by_id(out)
     assert m["two"]["status"] == "failed" and "simulated device error" in m["two"]["reason"]
     assert any(out.glob("one_s*.mp4")) and any(out.glob("three_s*.mp4")) and not any(out.glob("two_s*.mp4"))
-    sidecar = __import__("json").loads((out / "one.json").read_text())
+    sidecar = __import__("json").loads(next(out.glob("one_s*.json")).read_text())
     assert sidecar["extra"]["offload"]["level"] == "dit"
     assert sidecar["extra"]["offload"]["offloaded"] == ["text_encoder", "tokenizer", "dit"]
 
@@ -244,6 +244,6 @@ def test_torchrun_cp2_offload_dit_matches_single_process(ckpt, tmp_path):
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert multi.returncode == 0, multi.stderr[-3000:]
     m = manifest_by_id(tmp_path / "multi")
-    assert m["b"]["status"] == "blocked" and m["a"]["status"] == "done" and len(m) == 2
-    a, b = torch.load(tmp_path / "multi" / "a.latent.pt"), torch.load(tmp_path / "single" / "a.latent.pt")
+    assert m["b"]["status"] == "blocked" and m["a"]["status"] == "done" and len(m) == 4  # by sample id and by prompt id
+    a, b = (torch.load(next((tmp_path / run).glob("a_s*.latent.pt"))) for run in ("multi", "single"))
     assert float((a - b).norm() / b.norm()) <= 1e-5
