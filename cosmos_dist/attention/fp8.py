@@ -195,7 +195,7 @@ def _fp8_attention_reference(q, k, v, chunk: int = 2048):
 #: per (batch, head) and writes bf16, cuDNN one scale per tensor and e4m3. precision.fp8_attention_kernel.
 #: "te": Transformer Engine's DotProductAttention in FP8 (cosmos_dist.attention.fp8_te; no LSE, so not under
 #: ring / usp; never picked by auto).
-KERNELS = ("auto", "cudnn", "fa3", "triton", "te")
+from cosmos_dist.choices import FP8_ATTENTION_KERNELS as KERNELS  # noqa: E402  (the one list)
 
 
 def resolve_kernel(kernel: str, device: torch.device) -> str:

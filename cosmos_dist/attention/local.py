@@ -105,7 +105,7 @@ LOCAL_BACKENDS: dict[str, Callable] = {
 
 #: precision.attention_kernel: the local (BF16) self-attention kernel. auto = fa3 where an FA3 build is
 #: installed and the GPU is a Hopper, else sdpa (PyTorch's choice: cuDNN attention on an H100).
-ATTENTION_KERNELS = ("auto", "sdpa", "cudnn", "flash", "efficient", "fa3")
+from cosmos_dist.choices import ATTENTION_KERNELS  # noqa: E402  (the one list; config.py validates with it)
 
 
 def resolve_attention_kernel(name: str, device: torch.device) -> str:

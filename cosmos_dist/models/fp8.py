@@ -109,7 +109,7 @@ def _linears_in(module: nn.Module):
 #: precision.fp8_linear_kernel: "cublas" (Fp8Linear above: torch._scaled_mm, row-wise scales), "te"
 #: (Transformer Engine's te.Linear, per-tensor current scaling; cosmos_dist.models.fp8_te), "auto" = cublas,
 #: the measured one (docs/PERFORMANCE.md says why TE is not the default).
-LINEAR_KERNELS = ("auto", "cublas", "te")
+from cosmos_dist.choices import FP8_LINEAR_KERNELS as LINEAR_KERNELS  # noqa: E402  (the one list)
 
 
 def resolve_linear_kernel(kernel: str, device: torch.device) -> str:

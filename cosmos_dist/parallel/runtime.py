@@ -33,13 +33,7 @@ class DistributedRuntime:
 
     @classmethod
     def create(cls, parallel_cfg) -> "DistributedRuntime":
-        pcfg = ParallelConfig(
-            cp_size=int(parallel_cfg.cp_size),
-            cp_impl=str(parallel_cfg.cp_impl),
-            cfg_parallel=bool(parallel_cfg.cfg_parallel),
-            timeout_s=float(parallel_cfg.timeout_s),
-        )
-        return cls(init_layout(pcfg))
+        return cls(init_layout(ParallelConfig.from_node(parallel_cfg)))  # every parallel.* key
 
     # ---- roles ---------------------------------------------------------------------------------
     @property

@@ -56,7 +56,7 @@ log = logging.getLogger("cosmos_dist")
 AUGMENT_SIGMA = 0.001
 #: Keys of a prompts-file line that name the conditioning input (ours, and the reference's).
 INPUT_KEYS = ("input_path", "visual_input")
-NUM_INPUT_FRAMES = (1, 9)
+from cosmos_dist.choices import NUM_INPUT_FRAMES  # noqa: E402  (the one list)
 
 NO_GUIDANCE_NOTE = (
     "negative_prompt is empty: as in the reference Video2World, classifier-free guidance has no effect "

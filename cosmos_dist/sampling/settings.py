@@ -13,7 +13,7 @@ from .euler import euler_sample
 from .interfaces import DenoiseFn, ProgressFn, StepHooks
 from .res import res_sample
 
-SAMPLER_NAMES = ("euler", "res")
+from cosmos_dist.choices import SAMPLERS as SAMPLER_NAMES  # noqa: E402  (the one list)
 
 
 @dataclass(frozen=True)
