@@ -70,6 +70,7 @@ class ChunkedRun:
         if self.layout.is_replica_leader and manifest is not None:
             manifest.append(status="failed", sample_id=s.item.sample_id, line=s.item.line_number, reason=reason)
         summary.failed.append(s.item.sample_id)
+        summary.reasons[s.item.sample_id] = reason
         if raise_for_layout and isinstance(exc, BaseException):
             self.layout.after_failure(exc)
 

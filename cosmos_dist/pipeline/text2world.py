@@ -33,6 +33,7 @@ class RunSummary:
     skipped: list[str] = field(default_factory=list)
     blocked: list[str] = field(default_factory=list)  # guardrail blocks: no video, not a failure
     stopped_by: str | None = None  # the signal that ended the run early, if any
+    reasons: dict[str, str] = field(default_factory=dict)  # failed sample id (or "line N") -> reason
 
     @property
     def exit_code(self) -> int:
@@ -98,6 +99,7 @@ class Text2WorldPipeline(ChunkedRun):
 
         for bad in work.bad_lines:
             summary.failed.append(f"line {bad.line_number}")
+            summary.reasons[f"line {bad.line_number}"] = bad.reason
             if self.layout.is_global_leader:
                 manifest.append(status="failed", sample_id=None, line=bad.line_number, reason=bad.reason)
 
