@@ -49,7 +49,7 @@ def resolve_assets(cfg, announce: bool = True) -> AssetPaths:
     dit = find_dit_file(dit_dir)
     if dit is None:
         raise CheckpointError(
-            f"model.{m.preset}: no checkpoint at {dit_dir / 'model.pt'} (or model.safetensors); "
+            f"model={m.preset}: no checkpoint at {dit_dir / 'model.pt'} (or model.safetensors); "
             f"set checkpoint_dir=... to the folder holding {m.dit_dir}/, or {DOWNLOAD_HINT}"
         )
     for what, path, must in (
