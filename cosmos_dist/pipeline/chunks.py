@@ -227,6 +227,9 @@ class ChunkedRun:
                     self._fail(s, exc, manifest, summary)
                     continue
                 s.timings["sampling_s"] = time.perf_counter() - t0
+                step_record = self.step_hook.record()
+                if step_record is not None:
+                    s.records["step_hook"] = step_record
                 s.cond = s.uncond = s.condition = None  # not needed any more
                 if not self.layout.is_replica_leader:
                     s.status = "done"  # the leader decodes and writes
@@ -313,6 +316,8 @@ class ChunkedRun:
         if up is not None:
             upsampler.update(rec.get("upsampler") or {"model_dir": up.model_dir, "upsampled": False})
         out = {"guardrail": guard, "upsampler": upsampler}
+        if rec.get("step_hook") is not None:
+            out["step_hook"] = rec["step_hook"]
         if res is not None:
             out["offload"] = {**res.describe(), "move_seconds_so_far": round(res.move_seconds, 3)}
         return out

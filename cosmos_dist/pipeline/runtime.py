@@ -41,6 +41,10 @@ class SingleProcess:
     def gather_tokens(self, tokens):
         return tokens
 
+    def sum_over_shards(self, t):
+        """Sum a tensor over the context-parallel ranks of this replica (one rank here: itself)."""
+        return t
+
     def after_failure(self, exc: BaseException) -> None:
         pass
 

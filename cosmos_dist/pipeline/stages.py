@@ -268,8 +268,10 @@ def sample_latent(pipe, sample_id: str, seed: int, cond, uncond, condition=None)
         net=net, grid=grid, fps=cfg.fps, cond_emb=cond, uncond_emb=uncond, guidance=cfg.guidance,
         extra_tokens=extra, token_range=token_range,
         high_precision_steps=hp_steps, hp_self_attention=hp_attention,
+        step_hook=pipe.step_hook, runtime=layout, num_steps=settings.num_network_evaluations,
         **layout.denoiser_options(cfg.parallel, grid, net.config.num_heads, **local),
     )
+    pipe.step_hook.begin_sample(sample_id, settings.num_network_evaluations)
     bar = progress_bar(settings.num_network_evaluations, "steps", cfg.progress and layout.is_global_leader, leave=False)
     hooks = None if condition is None else condition.step_hooks(net, token_range)
     out = settings.sample(
