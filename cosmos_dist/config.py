@@ -196,8 +196,9 @@ def register_configs() -> None:
     cs.store(name="generate_schema", node=GenerateConfig)
 
 
-def validate_config(cfg: Any) -> None:
-    """Checks that need more than a type. Raises ConfigError naming the field and the fix."""
+def validate_config(cfg: Any, *, needs_prompt: bool = True) -> None:
+    """Checks that need more than a type. Raises ConfigError naming the field and the fix. `needs_prompt=False`:
+    the Python API, whose calls bring the prompts."""
 
     from cosmos_dist.attention.fp8 import KERNELS as FP8_ATTENTION_KERNELS
     from cosmos_dist.attention.local import ATTENTION_KERNELS
@@ -206,7 +207,7 @@ def validate_config(cfg: Any) -> None:
     def bad(fieldname: str, why: str) -> None:
         raise ConfigError(f"{fieldname}: {why}")
 
-    if not cfg.prompt and not cfg.prompts_file:
+    if needs_prompt and not cfg.prompt and not cfg.prompts_file:
         bad("prompt", 'give prompt="..." or prompts_file=path/to/prompts.jsonl')
     if cfg.prompt and cfg.prompts_file:
         bad("prompt", "give either prompt=... or prompts_file=..., not both")
@@ -266,7 +267,7 @@ def validate_config(cfg: Any) -> None:
         bad("name", "name= names the sample of a single prompt=; in a prompts file give each line an `id`")
     video2world = str(cfg.model.preset).endswith("_video2world")
     if video2world:
-        if not cfg.input_path and not cfg.prompts_file:
+        if needs_prompt and not cfg.input_path and not cfg.prompts_file:
             bad("input_path", "Video2World needs the conditioning image or video: input_path=photo.jpg (or clip.mp4)")
         if cfg.num_input_frames not in (1, 9):
             bad("num_input_frames", f"{cfg.num_input_frames}; choose 1 (an image or a video's last frame) or 9 (a video's last 9 frames)")

@@ -157,7 +157,7 @@ def test_fp8_attention_kernel_choice(monkeypatch):
     from cosmos_dist.attention import fp8_cudnn
     from cosmos_dist.config import PrecisionConfig
     from cosmos_dist.errors import ConfigError
-    from cosmos_dist.pipeline.stages import fp8_attention_kernel
+    from cosmos_dist.pipeline.plan import fp8_attention_kernel
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
     assert {fp8_mod.resolve_kernel(k, cpu) for k in ("auto", "cudnn", "triton")} == {"emulated"}
@@ -349,7 +349,7 @@ def test_compiled_fp8_blocks_match_eager_on_cpu():
     """stages.compile_blocks with the FP8 compile options (Inductor multi_kernel) builds and runs, and the
     compiled FP8 network agrees with the eager one far more closely than FP8 agrees with float32 (the options
     only choose kernel forms; a value on an e4m3 rounding boundary may still round the other way)."""
-    from cosmos_dist.pipeline.stages import FP8_COMPILE_OPTIONS, compile_blocks
+    from cosmos_dist.pipeline.plan import FP8_COMPILE_OPTIONS, compile_blocks
 
     assert FP8_COMPILE_OPTIONS == {"triton.multi_kernel": 1}
     cfg = get_preset("tiny_text2world")

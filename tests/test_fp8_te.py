@@ -109,7 +109,7 @@ def test_older_te_uses_fp8_autocast_and_reports_missing_fp8_attention(monkeypatc
 
 def test_kernel_choice_and_its_errors(monkeypatch):
     from cosmos_dist.config import PrecisionConfig
-    from cosmos_dist.pipeline.stages import check_fp8_attention_parallel, fp8_linear_kernel
+    from cosmos_dist.pipeline.plan import check_fp8_attention_parallel, fp8_linear_kernel
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     assert resolve_linear_kernel("auto", cpu) == "emulated" and resolve_linear_kernel("cublas", cpu) == "emulated"

@@ -232,7 +232,9 @@ def fp8_attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         from cosmos_dist.attention.fp8_te import te_fp8_attention_with_lse
 
         return te_fp8_attention_with_lse(q, k, v)
-    which = resolve_kernel(kernel, q.device)
+    # The pipeline passes the kernel its PrecisionPlan resolved (possibly "emulated"); direct callers may pass a
+    # setting ("auto", ...), resolved here.
+    which = kernel if kernel == "emulated" else resolve_kernel(kernel, q.device)
     if which == "cudnn":
         from cosmos_dist.attention.fp8_cudnn import cudnn_fp8_attention_with_lse
 

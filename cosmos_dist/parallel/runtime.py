@@ -160,6 +160,12 @@ class DistributedRuntime:
         if not isinstance(exc, CosmosDistError):
             raise exc
 
+    def guarded(self, fn: Callable[[], Any]) -> Any:
+        """fn() under the failure guard: a rank that fails or hangs ends the job with `rank R failed: cause`."""
+        from cosmos_dist.parallel.guard import run_guarded
+
+        return run_guarded(fn, self.layout)
+
     def describe(self) -> dict:
         d = self.layout.as_dict()
         d["cp_impl"] = getattr(self, "cp_impl", d.get("cp_impl"))

@@ -110,3 +110,61 @@ class GuidedDenoiser:
             f_cond = self._forward(x_net, c_noise, self.cond_emb, extra, self._context(step, sigma, mode, (0,)))
             f_uncond = self._forward(x_net, c_noise, self.uncond_emb, extra, self._context(step, sigma, mode, (1,)))
         return guide(f_cond, f_uncond, self.guidance)
+
+
+# ---- one sample's sampling run on this rank -------------------------------------------------------------
+def latent_shape(cfg, channels: int = 16) -> tuple[int, ...]:
+    return (1, channels, 1 + (cfg.num_frames - 1) // 8, cfg.height // 8, cfg.width // 8)
+
+
+def sampler_settings(cfg):
+    from cosmos_dist.sampling import SamplerSettings
+
+    s = cfg.sampler
+    return SamplerSettings(name=s.name, num_steps=cfg.num_steps, sigma_min=s.sigma_min, sigma_max=s.sigma_max, rho=s.rho)
+
+
+def mask_tokens(net, shape, device, dtype, condition_mask=None) -> torch.Tensor:
+    """The non-latent input channels (condition mask, padding mask) as patch tokens (1, N, k)."""
+    b, c, t, h, w = shape
+    zeros = torch.zeros(shape, device=device, dtype=dtype)
+    padding = torch.zeros(1, 1, h * 8, w * 8, device=device, dtype=dtype)  # the reference's all-zero mask
+    full, _ = net.patchify(net.input_channels(zeros, padding, condition_mask))
+    return full[..., c * net.config.patch_volume :]
+
+
+def sample_latent(*, net, plan, runtime, cfg, sample_id: str, seed: int, cond, uncond, condition=None,
+                  step_hook: StepHook = NoStepHook(), on_step: Optional[Callable] = None) -> Optional[torch.Tensor]:
+    """Run the sampler on this rank's token shard; returns the full latent (1, 16, T, H, W) float32 on the replica
+    leader (None elsewhere).
+
+    `condition` (Video2World, None for Text2World): an object with `mask`, the condition-mask channel
+    (1, 1, T, H, W), and `step_hooks(net, token_range)`, the sampler's StepHooks on this rank's shard.
+    `on_step(step, total, latent)`: called after each evaluation (see cosmos_dist.sampling.interfaces.ProgressFn).
+    """
+    from cosmos_dist.sampling import initial_noise
+
+    settings = sampler_settings(cfg)
+    shape = latent_shape(cfg, net.config.latent_channels)
+    noise = initial_noise(shape, seed, sample_id, sigma_max=settings.sigma_max)
+    noise_tokens, grid = net.patchify(noise)
+    token_range = runtime.token_range(noise_tokens.shape[1])
+    extra = mask_tokens(net, shape, plan.device, net.dtype, None if condition is None else condition.mask)
+    if token_range is not None:
+        noise_tokens = noise_tokens[:, token_range[0] : token_range[1]]
+        extra = extra[:, token_range[0] : token_range[1]]
+    options, hp_attention = plan.attention(runtime, cfg.parallel, grid, net.config.num_heads)
+    num_evaluations = settings.num_network_evaluations
+    denoiser = GuidedDenoiser(
+        net=net, grid=grid, fps=cfg.fps, cond_emb=cond, uncond_emb=uncond, guidance=cfg.guidance,
+        extra_tokens=extra, token_range=token_range,
+        high_precision_steps=plan.high_precision_steps(settings.num_steps), hp_self_attention=hp_attention,
+        step_hook=step_hook, runtime=runtime, num_steps=num_evaluations, **options,
+    )
+    step_hook.begin_sample(sample_id, num_evaluations)
+    hooks = None if condition is None else condition.step_hooks(net, token_range)
+    out = settings.sample(denoiser, noise_tokens.to(plan.device), dtype=net.dtype, hooks=hooks, progress=on_step)
+    full = runtime.gather_tokens(out)
+    if full is None:
+        return None
+    return net.unpatchify(full.float(), grid)
