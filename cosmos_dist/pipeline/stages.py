@@ -295,6 +295,10 @@ def precision_record(pipe) -> dict:
         }
         if prec.fp8_linear:
             rec["dit_fp8"]["linear_kernel"] = pipe.fp8_linear_kernel
+            if getattr(pipe, "net", None) is not None:  # block linears in FP8 / left in the run dtype by shape
+                from cosmos_dist.models.fp8 import fp8_linear_counts
+
+                rec["dit_fp8"]["linear_layers"] = fp8_linear_counts(pipe.net)
         if prec.fp8_attention:
             rec["dit_fp8"]["attention_kernel"] = pipe.fp8_attention_kernel
     return rec
