@@ -151,8 +151,10 @@ class FakeTransformerEngine:
                 fake._active.pop()
 
         def fp8_autocast(enabled=True, calibrating=False, fp8_recipe=None, fp8_group=None, _graph=False):
-            warnings.warn("fp8_autocast is deprecated and will be removed in a future release. Use autocast(enabled=..., "
-                          "calibrating=..., recipe=..., group=..., _graph=...) instead.", DeprecationWarning, stacklevel=2)
+            if modern:  # deprecated once autocast exists
+                warnings.warn("fp8_autocast is deprecated and will be removed in a future release. Use autocast(enabled=..., "
+                              "calibrating=..., recipe=..., group=..., _graph=...) instead.", DeprecationWarning,
+                              stacklevel=2)
             return autocast(enabled=enabled, calibrating=calibrating, recipe=fp8_recipe,
                             amax_reduction_group=fp8_group, _graph=_graph)
 
