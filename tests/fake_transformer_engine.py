@@ -117,7 +117,8 @@ class FakeTransformerEngine:
             def __post_init__(self):
                 super().__post_init__()
                 if not modern:  # as 2.x releases before FP8 attention under current scaling
-                    assert not (self.fp8_dpa or self.fp8_mha), "FP8 attention is not supported for Float8CurrentScaling."
+                    assert not (self.fp8_dpa or self.fp8_mha), \
+                        "FP8 attention is not supported for Float8CurrentScaling."
 
         @dataclasses.dataclass
         class MXFP8BlockScaling(Recipe):
@@ -152,9 +153,9 @@ class FakeTransformerEngine:
 
         def fp8_autocast(enabled=True, calibrating=False, fp8_recipe=None, fp8_group=None, _graph=False):
             if modern:  # deprecated once autocast exists
-                warnings.warn("fp8_autocast is deprecated and will be removed in a future release. Use autocast(enabled=..., "
-                              "calibrating=..., recipe=..., group=..., _graph=...) instead.", DeprecationWarning,
-                              stacklevel=2)
+                warnings.warn("fp8_autocast is deprecated and will be removed in a future release. Use "
+                              "autocast(enabled=..., calibrating=..., recipe=..., group=..., _graph=...) instead.",
+                              DeprecationWarning, stacklevel=2)
             return autocast(enabled=enabled, calibrating=calibrating, recipe=fp8_recipe,
                             amax_reduction_group=fp8_group, _graph=_graph)
 
@@ -203,9 +204,9 @@ class FakeTransformerEngine:
                 self.qkv_format, self.mask = qkv_format, attn_mask_type
                 self.context_parallel, self.cp_comm_type = cp_group is not None, cp_comm_type
                 self.scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(kv_channels)
-                fake.built.append(("DotProductAttention", {"qkv_format": qkv_format, "attn_mask_type": attn_mask_type,
-                                                           "attention_type": attention_type, "dropout": attention_dropout,
-                                                           "softmax_scale": softmax_scale}))
+                fake.built.append(("DotProductAttention", {
+                    "qkv_format": qkv_format, "attn_mask_type": attn_mask_type, "attention_type": attention_type,
+                    "dropout": attention_dropout, "softmax_scale": softmax_scale}))
 
             def forward(self, query_layer=None, key_layer=None, value_layer=None, attention_mask=None, qkv_format=None,
                         cu_seqlens_q=None, cu_seqlens_kv=None, cu_seqlens_q_padded=None, cu_seqlens_kv_padded=None,

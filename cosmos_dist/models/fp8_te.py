@@ -21,7 +21,8 @@ tests/fake_transformer_engine.py keeps to the same rules:
   last divisible by 16, else ValueError. So a layer is converted where in_features % 16 == 0 and
   out_features % 8 == 0, and token counts that are not a multiple of 8 are padded with zero rows (they
   do not change a per-tensor amax, so the real rows get exactly the FP8 result they would get alone).
-- `te.autocast(enabled=, calibrating=, recipe=, amax_reduction_group=)` (quantization.py, class `autocast`, line 972 on);
+- `te.autocast(enabled=, calibrating=, recipe=, amax_reduction_group=)` (quantization.py, class `autocast`,
+  line 972 on);
   `fp8_autocast` is deprecated there (lines 941-966, a DeprecationWarning) and used here only where a TE
   predates `autocast`. `recipe=None` means TE's default recipe (`get_default_fp8_recipe`, lines 242-254:
   MXFP8 where supported, else delayed scaling), never current scaling, so the recipe is always passed.
