@@ -22,7 +22,8 @@ Implementations (inference only: no autograd support is attempted):
   matters for causal masks: with attn_mask_type="no_mask" every query still sees every key, and
   TE's a2a reordering is undone after attention, so our contiguous shards give the exact result
   (this is also how the reference runs it). TE does need equal shard lengths, even ones
-  (tokens divisible by 2*cp), and H % (a2a group size) == 0; these are checked.
+  (tokens divisible by 2*cp), H % (a2a group size) == 0 and, for a2a / a2a+p2p without flash-attn,
+  an even H (TE's fused attention); these are checked. The module runs in eval mode (inference).
 - `auto`: ulysses when H % cp == 0 and the cp group is inside one node, else usp when a ulysses
   size 1 < u < cp dividing H is available, else ring (`local` when cp == 1).
 """
@@ -231,6 +232,31 @@ def _import_te():
     return te
 
 
+def check_te_heads(heads: int, cp_comm_type: str, a2a_size: int, flash_attn_installed: bool = False) -> None:
+    """TE's head-count rules for its context parallelism: a2a splits the heads over the a2a group, and (TE 2.20.2,
+    attention/dot_product_attention/utils.py lines 1371-1379) its FusedAttention needs an even head count with
+    a2a and a2a+p2p. Its unfused backend has no context parallelism (lines 1269-1273), so without a flash-attn
+    install next to TE an odd head count leaves no backend."""
+    if heads % a2a_size:
+        raise ConfigError(
+            f"Transformer Engine cp_comm_type={cp_comm_type} needs num_heads % {a2a_size} == 0; got {heads} heads"
+        )
+    if cp_comm_type in ("a2a", "a2a+p2p") and heads % 2 and not flash_attn_installed:
+        raise ConfigError(
+            f"Transformer Engine's fused attention with cp_comm_type={cp_comm_type} needs an even number of heads "
+            f"(got {heads}); set parallel.te_comm_type=p2p or all_gather, or parallel.cp_impl=ulysses/ring/usp"
+        )
+
+
+def _te_flash_attn_installed() -> bool:
+    """Whether TE found a flash-attn 2 or 3 install (its own record, set when its attention backends import)."""
+    import sys
+
+    utils = sys.modules.get("transformer_engine.pytorch.attention.dot_product_attention.utils")
+    fa = getattr(utils, "FlashAttentionUtils", None)
+    return bool(getattr(fa, "is_installed", False) or getattr(fa, "v3_is_installed", False))
+
+
 class TEContextParallelAttention:
     """Callable (q, k, v) -> out around TE DotProductAttention with CP; built on first call (the
     head count and head size come from q). One module serves every layer (no parameters in BF16)."""
@@ -271,11 +297,7 @@ class TEContextParallelAttention:
         self.module = None
 
     def _build(self, heads: int, head_dim: int):
-        if heads % self.a2a_size:
-            raise ConfigError(
-                f"Transformer Engine cp_comm_type={self.cp_comm_type} needs num_heads % {self.a2a_size} == 0; "
-                f"got {heads} heads"
-            )
+        check_te_heads(heads, self.cp_comm_type, self.a2a_size, _te_flash_attn_installed())
         kwargs = dict(
             attn_mask_type="no_mask",
             qkv_format="bshd",
@@ -285,7 +307,8 @@ class TEContextParallelAttention:
             cp_comm_type=self.cp_comm_type,
         )
         kwargs.update(self.te_kwargs)
-        return self.te.DotProductAttention(heads, head_dim, **kwargs)
+        module = self.te.DotProductAttention(heads, head_dim, **kwargs)
+        return module.eval()  # inference: TE filters its backends by module mode (FlashAttention 3 for FP8)
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         b, l, h, d = q.shape

@@ -206,7 +206,7 @@ def resolve_kernel(kernel: str, device: torch.device) -> str:
     if kernel == "te":
         from cosmos_dist.models import fp8_te
 
-        fp8_te.require(device, "fp8_attention_kernel")
+        fp8_te.require_attention(device)  # TE has an FP8 attention backend for this GPU and install
         return "te"
     if not triton_available(device):
         if kernel in ("cudnn", "fa3") and device.type == "cuda":

@@ -126,7 +126,10 @@ def load_dit(path: Path, cfg, plan: PrecisionPlan, load_device) -> tuple[Any, di
         from cosmos_dist.models.fp8 import convert_blocks_to_fp8
 
         # Before compiling, so the compiled blocks see the FP8 layers.
+        from cosmos_dist.models.fp8 import fp8_linear_counts
+
         convert_blocks_to_fp8(net, keep_high_precision=plan.fp8_high_precision_steps > 0, kernel=plan.fp8_linear_kernel)
+        plan.fp8_linear_layers = fp8_linear_counts(net)
     if plan.compile:
         compile_blocks(net, fp8=plan.fp8)
     return net, checkpoint_identity(path).to_dict()

@@ -115,6 +115,7 @@ class PrecisionPlan:
     fp8_attention_kernel: Optional[str]  # cudnn | fa3 | triton | te | emulated; None without FP8 attention
     compile: bool  # torch.compile the DiT's blocks
     fp8_high_precision_steps: int
+    fp8_linear_layers: Optional[dict] = None  # {"fp8": N, "run_dtype": M}: set when the DiT is converted
     _attention_cache: dict = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -183,6 +184,8 @@ class PrecisionPlan:
             }
             if self.fp8_linear_kernel is not None:
                 rec["dit_fp8"]["linear_kernel"] = self.fp8_linear_kernel
+                if self.fp8_linear_layers is not None:  # block linears in FP8 / left in the run dtype by shape
+                    rec["dit_fp8"]["linear_layers"] = dict(self.fp8_linear_layers)
             if self.fp8_attention_kernel is not None:
                 rec["dit_fp8"]["attention_kernel"] = self.fp8_attention_kernel
         return rec
