@@ -449,11 +449,11 @@ def run_model(args, device, dtype) -> dict:
             r["video_s"] = round(sum(PRE_SAMPLING_S.values()) + args.steps * r["predicted_step_s"]
                                  + sum(SERIAL_STAGES_S.values()), 2)
         if args.profile:
-            result["profile"] = profile_rows(steps, device, worlds[-1])
+            result["profile"] = profile_rows(steps, device, clock, worlds[-1])
     return result
 
 
-def profile_rows(steps: dict, device, world: int) -> dict:
+def profile_rows(steps: dict, device, clock: Clock, world: int) -> dict:
     """Kernel buckets of world 1 and of each no-cfg layout at the largest world, at the timed depth, and
     each bucket's excess over an ideal split (bucket - world-1 bucket / world)."""
     base_lay = next(lay for lay in steps if lay.world == 1 and not lay.cfg_parallel)
@@ -462,11 +462,11 @@ def profile_rows(steps: dict, device, world: int) -> dict:
         base = kernel_buckets(steps[base_lay].fn, device)
         out = {"world_1": {k: round(v, 4) for k, v in base.items()}}
         for lay, step in steps.items():
-            if lay.world != world or lay.cfg_parallel:
+            if lay.world != world or lay.cfg_parallel or lay.world == 1:
                 continue
             step.reset()
             b = kernel_buckets(step.fn, device)
-            standin = sum(step.groups[0].clock.seconds(*t.copy) for t in step.transfers())
+            standin = sum(clock.seconds(*t.copy) for t in step.transfers())
             out[lay.name()] = {
                 "seconds": {k: round(v, 4) for k, v in b.items()},
                 "standin_copy_s": round(standin, 4),  # inside "copy": the stand-ins, not the model's work
