@@ -105,7 +105,8 @@ def _real_rank(rank: int, world: int, out_dir: str) -> None:
             s, e = ranges[0 if cfg_par else rank]
             if cfg_par:
                 layout = SimpleNamespace(cfg_size=2, cfg_group=dist.group.WORLD)
-                opts = {"mode": "cfg_parallel", "cfg_branch": rank, "exchange": lambda f: exchange_branch_outputs(f, layout)}
+                opts = {"mode": "cfg_parallel", "cfg_branch": rank,
+                        "exchange": lambda f: exchange_branch_outputs(f, layout)}
                 attn = make_self_attention("ring", None, ranges)
             else:
                 opts, attn = {"mode": "batch"}, make_self_attention(impl, dist.group.WORLD, ranges)
@@ -176,8 +177,8 @@ def test_bytes_are_linear_in_depth_and_extrapolation():
             step = tool.rank0_step(net, tool.Layout(8, "usp", True, 2), inputs, clock)
             step.fn()
         got[blocks] = tool.comm_summary(step.transfers(), clock, 350e9, 0.0, "none")
-    m1, m2 = ({k: got[b][k] for k in ("sent_bytes", "received_bytes", "comm_s")} | {"compute_s": 0.0, "standin_copy_s": 0.0,
-              "exposed_comm_s": 0.0} for b in (1, 2))
+    zeros = {"compute_s": 0.0, "standin_copy_s": 0.0, "exposed_comm_s": 0.0}
+    m1, m2 = ({k: got[b][k] for k in ("sent_bytes", "received_bytes", "comm_s")} | zeros for b in (1, 2))
     ext = tool._extrapolate(m1, m2, 2, 3)
     assert ext["sent_bytes"] == got[3]["sent_bytes"] and ext["received_bytes"] == got[3]["received_bytes"]
     assert ext["comm_s"] == pytest.approx(got[3]["comm_s"], rel=1e-9)

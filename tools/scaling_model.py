@@ -390,7 +390,26 @@ def _kernels(name: str, device) -> tuple[str, dict]:
     return resolved, local_kernels(resolved)
 
 
-def run_model(args, device, dtype) -> dict:
+def layout_row(lay: Layout, step_k: Rank0Step, step_1: Rank0Step | None, k: int, depth: int, overlap: str,
+               measure_args: tuple) -> dict:
+    """Time one layout (at depth k, and 1 when extrapolating) and return its row of the table."""
+    mk = measure(step_k, *measure_args)
+    m1 = measure(step_1, *measure_args) if step_1 is not None else None
+    full = _extrapolate(m1, mk, k, depth)
+    s, e = step_k.token_range
+    row = {"layout": lay.name(), "world": lay.world, "impl": lay.impl, "cfg_parallel": lay.cfg_parallel,
+           "cp": lay.cp, "ulysses_size": lay.ulysses_size, "tokens_per_rank": e - s,
+           "batch": 1 if lay.cfg_parallel else 2, "transfers_per_step_at_timed_depth": mk["transfers"],
+           "timed": {"blocks_k": _rounded(mk, ("step_s", "times_s", "compute_s", "standin_copy_s")),
+                     "blocks_1": None if m1 is None else _rounded(m1, ("step_s", "times_s", "compute_s"))},
+           **{key: (int(round(v)) if key.endswith("bytes") else round(v, 6)) for key, v in full.items()}}
+    exposed = full["exposed_comm_s"] if overlap == "code" else full["comm_s"]
+    row["predicted_step_s"] = round(full["compute_s"] + exposed, 6)
+    row["predicted_step_s_no_overlap"] = round(full["compute_s"] + full["comm_s"], 6)
+    return row
+
+
+def run_model(args, device, dtype, save: Callable[[dict], None]) -> dict:
     from cosmos_dist.models import build_dit, get_preset
 
     cfg = get_preset(f"{args.model}_text2world")
@@ -410,39 +429,36 @@ def run_model(args, device, dtype) -> dict:
     layouts = layouts_for(worlds, args.impls, cfg_modes, args.usp_ulysses)
     n_tokens = inputs["x"].shape[1]
     result = {"model": args.model, "blocks_timed": k, "depth": depth, "tokens": n_tokens,
-              "attention_kernel": kernel_name, "rows": [], "skipped": []}
+              "attention_kernel": kernel_name, "rows": [], "skipped": [], "failed": []}
     print(f"{args.model}: {n_tokens} tokens, {depth} blocks (timed at {k}{' and 1' if net_1 else ''}), "
           f"attention {kernel_name}", flush=True)
     steps = {}
+    measure_args = (timer, clock, args.reps, args.warmup, link_bps, latency_s, args.overlap)
     with torch.no_grad():
         for lay in layouts:
             try:
                 step_k = rank0_step(net_k, lay, inputs, clock, kernels)
                 step_1 = rank0_step(net_1, lay, inputs, clock, kernels) if net_1 is not None else None
+                row = layout_row(lay, step_k, step_1, k, depth, args.overlap, measure_args)
             except ConfigError as exc:  # e.g. ulysses with heads % cp != 0: reported, not fatal
                 result["skipped"].append({"layout": lay.name(), "why": str(exc)})
                 print(f"  {lay.name():22s} skipped: {exc}", flush=True)
                 continue
-            mk = measure(step_k, timer, clock, args.reps, args.warmup, link_bps, latency_s, args.overlap)
-            m1 = measure(step_1, timer, clock, args.reps, args.warmup, link_bps, latency_s, args.overlap) if step_1 else None
-            full = _extrapolate(m1, mk, k, depth)
-            s, e = step_k.token_range
-            row = {"layout": lay.name(), "world": lay.world, "impl": lay.impl, "cfg_parallel": lay.cfg_parallel,
-                   "cp": lay.cp, "ulysses_size": lay.ulysses_size, "tokens_per_rank": e - s,
-                   "batch": 1 if lay.cfg_parallel else 2, "transfers_per_step_at_timed_depth": mk["transfers"],
-                   "timed": {"blocks_k": _rounded(mk, ("step_s", "times_s", "compute_s", "standin_copy_s")),
-                             "blocks_1": None if m1 is None else _rounded(m1, ("step_s", "times_s", "compute_s"))},
-                   **{key: (int(round(v)) if key.endswith("bytes") else round(v, 6)) for key, v in full.items()}}
-            row["predicted_step_s"] = round(full["compute_s"] + (full["exposed_comm_s"] if args.overlap == "code"
-                                                                  else full["comm_s"]), 6)
-            row["predicted_step_s_no_overlap"] = round(full["compute_s"] + full["comm_s"], 6)
+            except RuntimeError as exc:  # a kernel that cannot run this shape, out of memory: the rest goes on
+                result["failed"].append({"layout": lay.name(), "error": f"{type(exc).__name__}: {exc}"[:500]})
+                print(f"  {lay.name():22s} FAILED: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
             result["rows"].append(row)
             steps[lay] = step_k
+            save(result)
             print(f"  {lay.name():22s} compute {row['compute_s']:8.4f} s  comm {row['sent_bytes'] / 1e9:7.3f} GB "
-                  f"{row['comm_s']:7.4f} s (exposed {row['exposed_comm_s']:.4f})  step {row['predicted_step_s']:8.4f} s",
+                  f"{row['comm_s']:7.4f} s (exposed {row['exposed_comm_s']:.4f})  "
+                  f"step {row['predicted_step_s']:8.4f} s",
                   flush=True)
-        base = next(r for r in result["rows"] if r["world"] == 1)["predicted_step_s"]
-        for r in result["rows"]:
+        base = next((r["predicted_step_s"] for r in result["rows"] if r["world"] == 1), None)
+        for r in result["rows"] if base else ():
             r["compute_efficiency"] = round(base / (r["world"] * r["compute_s"]), 4)
             r["efficiency"] = round(base / (r["world"] * r["predicted_step_s"]), 4)
             r["efficiency_no_overlap"] = round(base / (r["world"] * r["predicted_step_s_no_overlap"]), 4)
@@ -476,14 +492,18 @@ def profile_rows(steps: dict, device, clock: Clock, world: int) -> dict:
 
 
 def print_table(res: dict) -> None:
+    pct = lambda r, key: f"{r[key]:.1%}" if key in r else "-"  # noqa: E731
     print(f"\nPREDICTED from one device ({res['model']}, one guided step, cp rank 0; link {res['link_gbps']} GB/s, "
           f"overlap={res['overlap']})")
-    print(f"{'layout':24s} {'tok/rank':>8s} {'compute s':>9s} {'comm GB':>8s} {'comm s':>7s} {'exposed':>7s} "
-          f"{'step s':>7s} {'eff':>6s} {'eff(no ovl)':>11s} {'video s':>8s}")
+    print(f"{'layout':22s} {'tok/rank':>8s} {'compute s':>9s} {'comm GB':>8s} {'comm s':>7s} {'exposed':>7s} "
+          f"{'step s':>7s} {'eff comp':>8s} {'eff':>6s} {'eff no-ovl':>10s} {'video s':>8s}")
     for r in res["rows"]:
-        print(f"{r['layout']:24s} {r['tokens_per_rank']:8d} {r['compute_s']:9.3f} {r['sent_bytes'] / 1e9:8.2f} "
-              f"{r['comm_s']:7.3f} {r['exposed_comm_s']:7.3f} {r['predicted_step_s']:7.3f} {r['efficiency']:6.1%} "
-              f"{r['efficiency_no_overlap']:11.1%} {r['video_s']:8.1f}")
+        print(f"{r['layout']:22s} {r['tokens_per_rank']:8d} {r['compute_s']:9.3f} {r['sent_bytes'] / 1e9:8.2f} "
+              f"{r['comm_s']:7.3f} {r['exposed_comm_s']:7.3f} {r['predicted_step_s']:7.3f} "
+              f"{pct(r, 'compute_efficiency'):>8s} {pct(r, 'efficiency'):>6s} {pct(r, 'efficiency_no_overlap'):>10s} "
+              f"{r.get('video_s', float('nan')):8.1f}")
+    for name, entry in res.get("profile", {}).items():
+        print(f"profile {name}: {json.dumps(entry)}")
 
 
 def main(argv=None) -> int:
@@ -506,7 +526,8 @@ def main(argv=None) -> int:
                     help="per-GPU link bandwidth each way, GB/s (default 350: NVLink-class, e.g. H100/H200 HGX)")
     ap.add_argument("--latency-us", type=float, default=10.0, help="fixed cost per collective, microseconds")
     ap.add_argument("--overlap", default="code", choices=OVERLAPS,
-                    help="code: ring transfers overlap the block compute they are posted before; none: nothing overlaps")
+                    help="code: ring transfers overlap the block compute they are posted before; "
+                         "none: nothing overlaps")
     ap.add_argument("--steps", type=int, default=35, help="guided steps per video, for the per-video figure")
     ap.add_argument("--profile", action="store_true", help="kernel-time buckets: world 1 against the largest world")
     ap.add_argument("--output", help="write the results as JSON here")
@@ -530,18 +551,22 @@ def main(argv=None) -> int:
         "serial_stages_s": {"before_sampling": PRE_SAMPLING_S, "after_sampling": SERIAL_STAGES_S,
                             "source": "docs/PERFORMANCE.md, one 7B Text2World sample end to end (H100, BF16)"},
     }
+
+    def save(partial: dict) -> None:  # after every row: a run cut short still leaves its numbers
+        if args.output:
+            tmp = Path(args.output + ".tmp")
+            tmp.write_text(json.dumps({**res, **partial}, indent=2))
+            tmp.replace(args.output)
+
     try:
-        res.update(run_model(args, device, dtype))
+        res.update(run_model(args, device, dtype, save))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     res["wall_s"] = round(time.perf_counter() - started, 1)
+    save(res)
     print_table(res)
-    if args.output:
-        tmp = Path(args.output + ".tmp")
-        tmp.write_text(json.dumps(res, indent=2))
-        tmp.replace(args.output)
-    return 0
+    return 0 if res["rows"] and not res["failed"] else 1
 
 
 if __name__ == "__main__":
