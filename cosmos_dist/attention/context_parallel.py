@@ -41,8 +41,56 @@ from cosmos_dist.parallel.sharding import Range, range_lengths, validate_cp
 IMPLS = ("ulysses", "ring", "usp", "te")
 
 
+# ---- the collectives this file uses -------------------------------------------------------------
+# ulysses, ring and usp reach torch.distributed only through the four functions below. A `group` may
+# also be a `StandInGroup`: an object that answers the same four questions itself. The scaling model
+# (tools/scaling_model.py) passes one that copies the same bytes locally, so that one cp rank's whole
+# per-rank work runs on one device; the arithmetic is the same code either way.
+class StandInGroup:
+    """Base of a stand-in for a process group, as the functions of this file use one.
+
+    size() and rank() as in torch.distributed; all_to_all_single(recv, send, output_split_sizes,
+    input_split_sizes) fills `recv` as dist.all_to_all_single would; ring_exchange(send, recv) posts
+    the send of `send` to the next group rank and the receive of `recv` from the previous one, and
+    returns objects with wait(), after which `recv` holds the data."""
+
+    def size(self) -> int:
+        raise NotImplementedError
+
+    def rank(self) -> int:
+        raise NotImplementedError
+
+    def all_to_all_single(self, recv, send, output_split_sizes, input_split_sizes) -> None:
+        raise NotImplementedError
+
+    def ring_exchange(self, send: torch.Tensor, recv: torch.Tensor) -> list:
+        raise NotImplementedError
+
+
 def _group_size(group: Any) -> int:
+    if isinstance(group, StandInGroup):
+        return group.size()
     return 1 if group is None else dist.get_world_size(group)
+
+
+def _group_rank(group: Any) -> int:
+    return group.rank() if isinstance(group, StandInGroup) else dist.get_rank(group)
+
+
+def _all_to_all(recv: torch.Tensor, send: torch.Tensor, out_splits: list, in_splits: list, group: Any) -> None:
+    if isinstance(group, StandInGroup):
+        group.all_to_all_single(recv, send, out_splits, in_splits)
+    else:
+        dist.all_to_all_single(recv, send, output_split_sizes=out_splits, input_split_sizes=in_splits, group=group)
+
+
+def _ring_exchange(send: torch.Tensor, recv: torch.Tensor, group: Any) -> list:
+    """Post: `send` to the next rank of the group, `recv` from the previous one; returns the requests."""
+    if isinstance(group, StandInGroup):
+        return group.ring_exchange(send, recv)
+    ranks, me = dist.get_process_group_ranks(group), dist.get_rank(group)
+    nxt, prv = ranks[(me + 1) % len(ranks)], ranks[(me - 1) % len(ranks)]
+    return dist.batch_isend_irecv([dist.P2POp(dist.isend, send, nxt, group), dist.P2POp(dist.irecv, recv, prv, group)])
 
 
 # ---- log-sum-exp merge -------------------------------------------------------------------------
@@ -76,9 +124,7 @@ def _seq_to_heads(x: torch.Tensor, group: Any, lengths: Sequence[int]) -> torch.
     send = x.reshape(s, b, l_local, n, hn, d).permute(3, 2, 0, 1, 4, 5).contiguous()
     send = send.reshape(n * l_local, s, b, hn, d)
     recv = x.new_empty((sum(lengths), s, b, hn, d))
-    dist.all_to_all_single(
-        recv, send, output_split_sizes=list(lengths), input_split_sizes=[l_local] * n, group=group
-    )
+    _all_to_all(recv, send, list(lengths), [l_local] * n, group)
     return recv.permute(1, 2, 0, 3, 4)  # (S, B, L_full, hn, D), the full sequence in rank order
 
 
@@ -89,9 +135,7 @@ def _heads_to_seq(x: torch.Tensor, group: Any, lengths: Sequence[int], my_rank: 
     l_local = lengths[my_rank]
     send = x.permute(1, 0, 2, 3).contiguous()  # (L_full, B, hn, D): rank i gets its token range
     recv = x.new_empty((n * l_local, b, hn, d))
-    dist.all_to_all_single(
-        recv, send, output_split_sizes=[l_local] * n, input_split_sizes=list(lengths), group=group
-    )
+    _all_to_all(recv, send, [l_local] * n, list(lengths), group)
     # (n, L, B, hn, D) -> (B, L, n, hn, D) -> (B, L, H, D): head block j came from rank j.
     return recv.reshape(n, l_local, b, hn, d).permute(2, 1, 0, 3, 4).reshape(b, l_local, n * hn, d)
 
@@ -111,7 +155,7 @@ def ulysses_attention(
     h = q.shape[2]
     if h % n:
         raise ConfigError(f"ulysses attention needs num_heads % group size == 0; got {h} heads, group of {n}")
-    me = dist.get_rank(group)
+    me = _group_rank(group)
     if q.shape[1] != lengths[me]:
         raise ValueError(f"ulysses: rank {me} holds {q.shape[1]} tokens but its range has {lengths[me]}")
     qkv = _seq_to_heads(torch.stack([q, k, v]), group, lengths)
@@ -136,9 +180,7 @@ def ring_attention_lse(
     if n == 1:
         o, l = lse_kernel(q, k, v)
         return o.float(), l.float()
-    me = dist.get_rank(group)
-    ranks = dist.get_process_group_ranks(group)
-    nxt, prv = ranks[(me + 1) % n], ranks[(me - 1) % n]
+    me = _group_rank(group)
     if k.shape[1] != lengths[me]:
         raise ValueError(f"ring: rank {me} holds {k.shape[1]} keys but its range has {lengths[me]}")
     b, _, h, d = k.shape
@@ -149,9 +191,7 @@ def ring_attention_lse(
         if step < n - 1:
             origin = (me - step - 1) % n  # whose block the previous rank holds now
             incoming = kv.new_empty((2, b, lengths[origin], h, d))
-            reqs = dist.batch_isend_irecv(
-                [dist.P2POp(dist.isend, kv, nxt, group), dist.P2POp(dist.irecv, incoming, prv, group)]
-            )
+            reqs = _ring_exchange(kv, incoming, group)
         block_out, block_lse = lse_kernel(q, kv[0], kv[1])
         out, lse = merge_partial(out, lse, block_out, block_lse)
         for r in reqs:
@@ -212,7 +252,7 @@ def usp_attention(
         return ring_attention(q, k, v, ring_group, ring_lengths, lse_kernel)
     if q.shape[2] % n:
         raise ConfigError(f"usp needs num_heads % ulysses size == 0; got {q.shape[2]} heads, ulysses size {n}")
-    me = dist.get_rank(ulysses_group)
+    me = _group_rank(ulysses_group)
     qkv = _seq_to_heads(torch.stack([q, k, v]), ulysses_group, ulysses_lengths)
     qf, kf, vf = qkv.contiguous().unbind(0)
     out = ring_attention(qf, kf, vf, ring_group, ring_lengths, lse_kernel)
