@@ -45,9 +45,9 @@ class Text2WorldPipeline(ChunkedRun):
     def __init__(self, cfg, layout):
         self.cfg = cfg
         self.layout = layout
-        from cosmos_dist.pipeline.step_hooks import NoStepHook
+        from cosmos_dist.pipeline.step_cache import make_step_hook
 
-        self.step_hook = NoStepHook()  # the seam for step-level work (pipeline/step_hooks.py)
+        self.step_hook = make_step_hook(getattr(cfg, "cache", None))  # the seam for step-level work: step caching
         self.output_dir = Path(cfg.output_dir)
         self.device = stages.resolve_device(cfg.device, layout)
         self.dit_dtype = stages.resolve_dtype(cfg.precision.dit_dtype, self.device)
