@@ -249,3 +249,40 @@ def test_parallel_layouts_reuse_the_same_steps(tmp_path):
     # cfg-parallel: the sidecar's writer computed only the conditional branch
     assert list(got["cp2_cfg"][1]["branches"]) == ["conditional"]
     assert list(got["cp4"][1]["branches"]) == ["conditional", "unconditional"]
+
+
+@pytest.mark.slow
+def test_cache_sweep_tool(tmp_path):
+    """tools/cache_sweep.py on the tiny preset: threshold 0 reproduces the uncached video exactly, a reusing one
+    reports its reused steps and a finite PSNR."""
+    out = tmp_path / "sweep"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "cache_sweep.py"), "--thresholds", "0,0.3", "--output-dir", str(out),
+         "model=tiny_text2world", f"checkpoint_dir={CKPT}", "height=32", "width=48", "num_frames=9",
+         f"num_steps={STEPS}", f"prompt={PROMPT}"],
+        env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "sweep.json").read_text())
+    zero, reusing = report["runs"]
+    assert zero["threshold"] == 0 and zero["reused"] == 0 and zero["psnr_db"] == "inf" and zero["ssim"] == 1.0
+    assert reusing["reused"] > 0 and reusing["evaluations"] == STEPS
+    assert isinstance(reusing["psnr_db"], float) and reusing["ssim"] <= 1.0
+    assert reusing["sampling_s"] > 0 and "PSNR dB" in proc.stdout
+
+
+def test_sweep_metrics():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cache_sweep", ROOT / "tools" / "cache_sweep.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (2, 24, 32, 3), dtype=np.uint8)
+    assert tool.psnr(a, a) == float("inf") and tool.ssim(a, a) == pytest.approx(1.0)
+    b = np.clip(a.astype(int) + 10, 0, 255).astype(np.uint8)
+    assert 25 < tool.psnr(a, b) < 29  # MSE just under 100 -> ~28 dB
+    assert tool.ssim(a, b) < 1.0 and tool.ssim(a, 255 - a) < 0
+    with pytest.raises(SystemExit):
+        tool.parse_args(["--thresholds", "-1", "--output-dir", "x", "prompt=a"])
+    with pytest.raises(SystemExit):
+        tool.parse_args(["--output-dir", "x", "prompt=a", "cache=fbcache"])
