@@ -194,11 +194,31 @@ class BlockStack:
             x = block(x, *self._args)
         return x
 
-    def modulated_input(self, x: torch.Tensor) -> torch.Tensor:
+    def modulated_input(self, x: torch.Tensor, position_embedding: bool = True) -> torch.Tensor:
+        """`position_embedding=False` leaves out the learnable position embedding, as TeaCache4Cosmos's signal does.
+        Works while offload=dit streams the blocks: outside a block's call its weights live on the host, so the
+        small adaLN projection is then evaluated with device copies of its weights (a few MB at 7B)."""
         emb, adaln_lora, _, _, extra = self._args[:5]
         first = _unwrap(self.blocks[0]).blocks[0]  # block 0's self-attention sub-block
-        shift, scale, _ = (first.adaLN_modulation(emb) + adaln_lora).chunk(3, dim=-1)
-        return layer_norm(x + extra, first.eps) * (1 + scale[:, None, :]) + shift[:, None, :]
+        modulation = first.adaLN_modulation
+        if any(p.device != emb.device for p in modulation.parameters()):
+            weights = {name: p.to(emb.device, non_blocking=True) for name, p in modulation.named_parameters()}
+            projected = torch.func.functional_call(modulation, weights, (emb,))
+        else:
+            projected = modulation(emb)
+        shift, scale, _ = (projected + adaln_lora).chunk(3, dim=-1)
+        h = x + extra if position_embedding else x
+        return layer_norm(h, first.eps) * (1 + scale[:, None, :]) + shift[:, None, :]
+
+    def select(self, rows: list[int]) -> "BlockStack":
+        """The same blocks for a subset of the batch rows (with batched guidance: one branch of two)."""
+        emb, adaln_lora, context, rope, extra, self_attention, cross_attention = self._args
+        sub = BlockStack.__new__(BlockStack)
+        sub.blocks = self.blocks
+        index = torch.tensor(rows, device=emb.device)
+        sub._args = (emb.index_select(0, index), adaln_lora.index_select(0, index), context.index_select(0, index),
+                     rope, extra, self_attention, cross_attention)
+        return sub
 
 
 def _unwrap(block: nn.Module) -> nn.Module:

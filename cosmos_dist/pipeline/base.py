@@ -36,7 +36,8 @@ from cosmos_dist.errors import CosmosDistError
 from cosmos_dist.pipeline.plan import PrecisionPlan
 from cosmos_dist.pipeline.residency import uses
 from cosmos_dist.pipeline.results import GeneratedVideo, RunSummary, Sample
-from cosmos_dist.pipeline.step_hooks import NoStepHook, StepHook
+from cosmos_dist.pipeline.step_cache import make_step_hook
+from cosmos_dist.pipeline.step_hooks import StepHook
 
 log = logging.getLogger("cosmos_dist")
 
@@ -76,7 +77,8 @@ class WorldPipeline:
         # Devices, dtypes and kernels, resolved once; a missing package fails here, not mid-run.
         self.plan = PrecisionPlan.resolve(cfg, self.runtime)
         self.components = components  # None until load()
-        self.step_hook: StepHook = NoStepHook()  # the seam for step-level work (pipeline/step_hooks.py)
+        # The seam for step-level work (pipeline/step_hooks.py): step caching (cache=teacache|fbcache) or none.
+        self.step_hook: StepHook = make_step_hook(cfg.get("cache"))
 
     # ---- building ----------------------------------------------------------------------------------
     @classmethod
