@@ -125,7 +125,7 @@ def test_reuse_runs_fewer_blocks_on_the_same_steps_batched_and_sequential(tmp_pa
     assert reused and 0 not in reused and STEPS - 1 not in reused  # first and last always run
     assert _reused(side, "unconditional") == reused
     assert sorted(rec["branches"]["conditional"]["computed_steps"] + reused) == list(range(STEPS))
-    blocks = pipe.net.config.num_blocks
+    blocks = pipe.components.net.config.num_blocks
     per_reused = blocks if policy == TEACACHE else blocks - 1  # fbcache still runs block 0
     assert plain_calls == 2 * STEPS * blocks
     assert calls == plain_calls - 2 * len(reused) * per_reused  # counted on the real blocks
@@ -175,11 +175,11 @@ def test_offload_dit_streams_no_blocks_on_reused_steps(tmp_path):
     assert torch.equal(streamed, resident)
     reused = _reused(side_s)
     assert reused == _reused(side_r) and reused
-    block_bytes = sum(p.numel() * p.element_size() for p in pipe.net.blocks.parameters())
+    block_bytes = sum(p.numel() * p.element_size() for p in pipe.components.net.blocks.parameters())
     # uncached: every step streams all blocks; cached: the reused steps stream none (the prefetch of block 0 for
     # the next pass may land once more at most)
     assert pipe_plain.residency.streamed_bytes >= STEPS * block_bytes
-    assert pipe.residency.streamed_bytes <= (STEPS - len(reused)) * block_bytes + block_bytes
+    assert pipe.components.residency.streamed_bytes <= (STEPS - len(reused)) * block_bytes + block_bytes
 
 
 def test_video2world_replacement_holds_on_reused_steps(tmp_path, monkeypatch):
