@@ -178,7 +178,7 @@ def test_offload_dit_streams_no_blocks_on_reused_steps(tmp_path):
     block_bytes = sum(p.numel() * p.element_size() for p in pipe.components.net.blocks.parameters())
     # uncached: every step streams all blocks; cached: the reused steps stream none (the prefetch of block 0 for
     # the next pass may land once more at most)
-    assert pipe_plain.residency.streamed_bytes >= STEPS * block_bytes
+    assert pipe_plain.components.residency.streamed_bytes >= STEPS * block_bytes
     assert pipe.components.residency.streamed_bytes <= (STEPS - len(reused)) * block_bytes + block_bytes
 
 
