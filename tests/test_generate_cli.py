@@ -284,7 +284,7 @@ def test_missing_checkpoint_names_path_and_download(tmp_path):
     assert_clean_failure(proc)
     expected = empty / "Cosmos-Predict1-7B-Text2World" / "model.pt"
     assert str(expected) in proc.stderr
-    assert "Download checkpoints" in proc.stderr and "download_checkpoints.py" in proc.stderr
+    assert "Download checkpoints" in proc.stderr and "cosmos-dist download" in proc.stderr
     assert output_files(tmp_path / "out") == []
 
 
