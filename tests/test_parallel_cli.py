@@ -139,4 +139,5 @@ def test_fp8_cp2_ulysses_equals_single_process_fp8(tmp_path, ckpt):
     assert _rel(torch.load(tmp_path / "par" / lat.name), torch.load(lat)) <= 1e-4
     side = json.loads((tmp_path / "par" / lat.name.replace(".latent.pt", ".json")).read_text())
     assert side["precision"]["dit_fp8"] == {"linear": True, "attention": True, "high_precision_steps": 0,
-                                            "linear_kernel": "emulated", "attention_kernel": "emulated"}
+                                            "linear_kernel": "emulated", "attention_kernel": "emulated",
+                                            "linear_layers": {"fp8": 20, "run_dtype": 0}}
