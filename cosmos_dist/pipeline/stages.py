@@ -249,12 +249,11 @@ def sample_latent(pipe, sample_id: str, seed: int, cond, uncond, condition=None)
     `condition` (Video2World, None for Text2World): an object with `mask`, the condition-mask channel
     (1, 1, T, H, W), and `step_hooks(net, token_range)`, the sampler's StepHooks on this rank's shard."""
     from cosmos_dist.pipeline.denoiser import GuidedDenoiser
-    from cosmos_dist.sampling import initial_noise
 
     cfg, net, layout = pipe.cfg, pipe.net, pipe.layout
     shape = latent_shape(cfg, net.config.latent_channels)
     settings = sampler_settings(cfg)
-    noise = initial_noise(shape, seed, sample_id, sigma_max=settings.sigma_max)
+    noise = settings.initial_noise(shape, seed, sample_id)  # the sampler's own scale (RES: sigma_max)
     noise_tokens, grid = net.patchify(noise)
     token_range = layout.token_range(noise_tokens.shape[1])
     if token_range is not None:
