@@ -19,8 +19,9 @@ Per sample, on top of Text2World's stages:
    from x_in. condition_replacement=reference uses the reference's code as written instead, F_rep = gt / c_out -
    c_skip x_in (see cosmos_dist.sampling.condition). Both replacements are off for steps with sigma <= 0.001 (the
    last two of 35: the condition frames are denoised freely there); the mask channel stays 1. The sampler's state
-   x is x_sigma (unscaled) and its network input is c_in(sigma) * x_in, exactly the reference's quantities. Like the reference, which runs in bf16 and casts
-   sigma to bf16 for this arithmetic, the hooks round sigma to the network dtype when that is 16-bit.
+   x is x_sigma (unscaled) and its network input is c_in(sigma) * x_in, exactly the reference's quantities. Like
+   the reference, which runs in bf16 and casts sigma to bf16 for this arithmetic, the hooks round sigma to the
+   network dtype when that is 16-bit.
 
 The sampler works on token shards (context parallelism): gt, the indicator and the augment noise are patchified
 with the network's `patchify` and sliced with the same token range as the state, so each rank conditions exactly
