@@ -246,7 +246,8 @@ def test_config_checks(tmp_path):
     ok = compose("model=tiny_video2world", "prompt=x", "input_path=a.png")
     validate_config(ok)
     assert ok.num_input_frames == 1 and ok.resize_mode == "stretch" and ok.condition_replacement == "intended"
-    validate_config(compose("model=tiny_video2world", "prompt=x", "input_path=a.png", "condition_replacement=reference"))
+    validate_config(compose("model=tiny_video2world", "prompt=x", "input_path=a.png",
+                            "condition_replacement=reference"))
     validate_config(compose("model=tiny_video2world", "prompts_file=p.jsonl"))
     for overrides, field in (
         (["prompt=x"], "input_path"),
