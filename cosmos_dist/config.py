@@ -146,6 +146,28 @@ class VideoConfig:
     preset: str = "medium"
 
 
+#: Step-caching policies (cosmos_dist/pipeline/step_cache.py); `none` runs every step in full.
+CACHE_POLICIES = ("none", "teacache", "fbcache")
+
+
+@dataclass
+class CacheConfig:
+    """Training-free step caching: reuse the transformer blocks' residual of an earlier step when the input changed
+    little. Opt-in; see README "Step caching" and cosmos_dist/pipeline/step_cache.py."""
+
+    policy: str = "none"  # none | teacache | fbcache
+    # Reuse while the policy's change statistic stays under this (teacache: accumulated rescaled relative L1 of
+    # block 0's modulated input, published 0.3 / 0.4; fbcache: relative L1 change of block 0's residual).
+    # 0 never reuses. Pick it with tools/cache_sweep.py.
+    threshold: float = 0.0
+    # teacache: the polynomial (highest power first) that rescales the relative L1 change; the default is the one
+    # published for Cosmos-1.0-Diffusion-7B (ali-vilab/TeaCache, TeaCache4Cosmos).
+    coefficients: List[float] = field(
+        default_factory=lambda: [2.71156237e02, -9.19775607e01, 2.24437250e00, 2.08355751e00, 1.41776330e-01]
+    )
+    max_consecutive_reuse: int = 0  # at most this many reused steps in a row per branch; 0 = no limit
+
+
 @dataclass
 class GenerateConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -156,6 +178,7 @@ class GenerateConfig:
     video: VideoConfig = field(default_factory=VideoConfig)
     guardrail: GuardrailConfig = field(default_factory=GuardrailConfig)
     upsampler: UpsamplerConfig = field(default_factory=UpsamplerConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
 
     prompt: Optional[str] = None
     prompts_file: Optional[str] = None
@@ -201,8 +224,9 @@ def register_configs() -> None:
     cs.store(name="generate_schema", node=GenerateConfig)
 
 
-def validate_config(cfg: Any) -> None:
-    """Checks that need more than a type. Raises ConfigError naming the field and the fix."""
+def validate_config(cfg: Any, *, needs_prompt: bool = True) -> None:
+    """Checks that need more than a type. Raises ConfigError naming the field and the fix. `needs_prompt=False`:
+    the Python API, whose calls bring the prompts."""
 
     from cosmos_dist.attention.fp8 import KERNELS as FP8_ATTENTION_KERNELS
     from cosmos_dist.attention.local import ATTENTION_KERNELS
@@ -211,7 +235,7 @@ def validate_config(cfg: Any) -> None:
     def bad(fieldname: str, why: str) -> None:
         raise ConfigError(f"{fieldname}: {why}")
 
-    if not cfg.prompt and not cfg.prompts_file:
+    if needs_prompt and not cfg.prompt and not cfg.prompts_file:
         bad("prompt", 'give prompt="..." or prompts_file=path/to/prompts.jsonl')
     if cfg.prompt and cfg.prompts_file:
         bad("prompt", "give either prompt=... or prompts_file=..., not both")
@@ -271,7 +295,7 @@ def validate_config(cfg: Any) -> None:
         bad("name", "name= names the sample of a single prompt=; in a prompts file give each line an `id`")
     video2world = str(cfg.model.preset).endswith("_video2world")
     if video2world:
-        if not cfg.input_path and not cfg.prompts_file:
+        if needs_prompt and not cfg.input_path and not cfg.prompts_file:
             bad("input_path", "Video2World needs the conditioning image or video: input_path=photo.jpg (or clip.mp4)")
         if cfg.num_input_frames not in (1, 9):
             bad("num_input_frames", f"{cfg.num_input_frames}; choose 1 (an image or a video's last frame) or 9 (a video's last 9 frames)")
@@ -290,6 +314,7 @@ def validate_config(cfg: Any) -> None:
         bad("condition_replacement", f"model {cfg.model.preset} is Text2World and has no condition frames; remove "
             "condition_replacement or use a *_video2world model")
     validate_memory_guardrail_upsampler(cfg, bad)
+    validate_cache(cfg, bad)
 
 
 def validate_memory_guardrail_upsampler(cfg: Any, bad) -> None:
@@ -321,3 +346,23 @@ def validate_memory_guardrail_upsampler(cfg: Any, bad) -> None:
             bad("upsampler.temperature", f"{up.temperature} must be >= 0 (0 = greedy)")
         if up.dtype not in ("auto", "float32", "bfloat16", "float16"):
             bad("upsampler.dtype", f"{up.dtype!r}; choose auto, float32 or bfloat16")
+
+
+def validate_cache(cfg: Any, bad) -> None:
+    """The `cache` group (configs composed without it are accepted and run uncached)."""
+    import math
+
+    cache = cfg.get("cache") if hasattr(cfg, "get") else getattr(cfg, "cache", None)
+    if cache is None:
+        return
+    if cache.policy not in CACHE_POLICIES:
+        bad("cache.policy", f"{cache.policy!r}; choose {', '.join(CACHE_POLICIES)} (e.g. cache=teacache)")
+    threshold = float(cache.threshold)
+    if not math.isfinite(threshold) or threshold < 0:
+        bad("cache.threshold", f"{cache.threshold} must be a finite number >= 0 (0 never reuses a step; TeaCache "
+            "publishes 0.3 and 0.4 for Cosmos)")
+    coefficients = list(getattr(cache, "coefficients", None) or [])
+    if not coefficients or not all(isinstance(c, (int, float)) and math.isfinite(c) for c in coefficients):
+        bad("cache.coefficients", f"{coefficients} must be a non-empty list of finite numbers, highest power first")
+    if int(getattr(cache, "max_consecutive_reuse", 0)) < 0:
+        bad("cache.max_consecutive_reuse", f"{cache.max_consecutive_reuse} must be >= 0 (0 = no limit)")

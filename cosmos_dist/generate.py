@@ -22,22 +22,10 @@ def setup_logging(is_leader: bool) -> None:
     log.propagate = False
 
 
-def make_runtime(cfg):
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1 and cfg.parallel.cp_size == 1 and not cfg.parallel.cfg_parallel:
-        from cosmos_dist.pipeline.runtime import SingleProcess
-
-        return SingleProcess()
-    from cosmos_dist.parallel.runtime import DistributedRuntime
-
-    return DistributedRuntime.create(cfg.parallel)
-
-
 def make_pipeline(cfg, runtime):
     from cosmos_dist.models import get_preset
 
-    preset = get_preset(cfg.model.preset)
-    if preset.video2world:
+    if get_preset(cfg.model.preset).video2world:
         from cosmos_dist.pipeline.video2world import Video2WorldPipeline
 
         return Video2WorldPipeline(cfg, runtime)
@@ -65,15 +53,12 @@ def run_cli(cfg) -> int:
     try:
         use_sweep_folder(cfg)
         validate_config(cfg)
-        runtime = make_runtime(cfg)
-        setup_logging(runtime.is_global_leader)
-        if hasattr(runtime, "layout"):
-            from cosmos_dist.parallel.guard import run_guarded
+        from cosmos_dist.pipeline.runtime import make_runtime
 
-            # No hangs: a rank that fails ends the job, naming itself and the cause.
-            summary = run_guarded(lambda: make_pipeline(cfg, runtime).run(), runtime.layout)
-        else:
-            summary = make_pipeline(cfg, runtime).run()
+        runtime = make_runtime(cfg.parallel)
+        setup_logging(runtime.is_global_leader)
+        # No hangs: under torchrun a rank that fails ends the job, naming itself and the cause.
+        summary = runtime.guarded(lambda: make_pipeline(cfg, runtime).run())
     except CosmosDistError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

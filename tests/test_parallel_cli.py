@@ -111,10 +111,10 @@ def test_failing_rank_ends_the_job_naming_it(tmp_path, ckpt):
     (inject / "sitecustomize.py").write_text(textwrap.dedent("""
         import os
         if os.environ.get("RANK") == "1" and os.environ.get("COSMOS_TEST_FAIL") == "1":
-            import cosmos_dist.pipeline.stages as stages
+            import cosmos_dist.pipeline.denoiser as denoiser
             def sample_latent(*args, **kwargs):
                 raise RuntimeError("injected failure on purpose")
-            stages.sample_latent = sample_latent
+            denoiser.sample_latent = sample_latent
     """))
     env = _env({"PYTHONPATH": f"{inject}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "COSMOS_TEST_FAIL": "1"})
     proc = _run(

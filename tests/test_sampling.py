@@ -612,7 +612,7 @@ def test_video2world_style_hooks_are_used(sampler):
 
 def test_progress_and_validation():
     ticks = []
-    euler_sample(lambda x, t, s, i: x, torch.zeros(1, 3), karras_sigmas(4), progress=lambda i, n: ticks.append((i, n)))
+    euler_sample(lambda x, t, s, i: x, torch.zeros(1, 3), karras_sigmas(4), progress=lambda i, n, x: ticks.append((i, n)))
     assert ticks == [(0, 4), (1, 4), (2, 4), (3, 4)]
     with pytest.raises(ValueError):
         euler_sample(lambda x, t, s, i: x, torch.zeros(1, 3), torch.tensor([1.0]))
@@ -664,7 +664,7 @@ def test_res_two_steps_by_hand():
     rec = Recorder()
     ticks = []
     out = res_sample(denoise, x_start, num_steps=2, sigma_min=0.01, sigma_max=20.0, hooks=rec,
-                     progress=lambda i, n: ticks.append((i, n)))
+                     progress=lambda i, n, x: ticks.append((i, n)))
     s0, s1, s2 = sig
     x1 = (s0 - s1) / s0 * d[0] + s1 / s0 * 10.0
     lam = [-math.log(v) for v in sig]

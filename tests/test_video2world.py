@@ -27,7 +27,8 @@ from cosmos_dist.io.visual_input import (
     resize_frames,
     resize_plan,
 )
-from cosmos_dist.pipeline import stages
+from cosmos_dist.pipeline.denoiser import latent_shape, sample_latent
+from cosmos_dist.pipeline.results import Sample
 from cosmos_dist.pipeline.runtime import SingleProcess
 from cosmos_dist.pipeline.video2world import (
     AUGMENT_SIGMA,
@@ -94,7 +95,7 @@ def make_pipeline(cfg) -> tuple[Video2WorldPipeline, object]:
     validate_config(cfg)
     pipe = Video2WorldPipeline(cfg, SingleProcess())
     work, assets = pipe.prepare()
-    pipe.load_models(assets)
+    pipe.load(assets)
     return pipe, work
 
 
@@ -302,10 +303,10 @@ class RecordingCondition:
 
 def expected_gt(pipe, frames_uint8, n: int) -> torch.Tensor:
     cfg = pipe.cfg
-    x = resize_frames(frames_uint8[-n:], cfg.height, cfg.width, "stretch", pipe.tokenizer_dtype)
-    clip = torch.zeros(1, 3, cfg.num_frames, cfg.height, cfg.width, dtype=pipe.tokenizer_dtype)
+    x = resize_frames(frames_uint8[-n:], cfg.height, cfg.width, "stretch", pipe.plan.tokenizer_dtype)
+    clip = torch.zeros(1, 3, cfg.num_frames, cfg.height, cfg.width, dtype=pipe.plan.tokenizer_dtype)
     clip[0, :, :n] = x.permute(1, 0, 2, 3)
-    return pipe.tokenizer.tokenizer.encode(clip).float()
+    return pipe.components.tokenizer.tokenizer.encode(clip).float()
 
 
 @pytest.mark.parametrize("num_input_frames", [1, 9])
@@ -316,34 +317,34 @@ def test_conditioning_math_35_steps(ckpt, assets_dir, tmp_path, monkeypatch, num
     pipe, work = make_pipeline(cfg)
     item = work.items[0]
     seed = 5
-    condition = pipe.sampling_condition(item, seed, {}, [])
+    condition = pipe.condition(cfg, Sample(item=item, seed=seed, negative=cfg.negative_prompt))
     k = condition_latent_frames(num_input_frames)
     assert k == {1: 1, 9: 2}[num_input_frames] and condition.num_condition_frames == k
 
     # gt is the tokenizer encoding of the last N input frames, first in a zero-padded clip.
     frames = read_visual_input(source).frames
-    tok = pipe.tokenizer.tokenizer
+    tok = pipe.components.tokenizer.tokenizer
     assert isinstance(tok.encoder, CV8x8x8Encoder) and tok.encode_chunk_frames == 1  # our streaming encode
     assert torch.equal(condition.gt, expected_gt(pipe, frames, num_input_frames))
-    shape = stages.latent_shape(cfg)
+    shape = latent_shape(cfg)
     assert tuple(condition.gt.shape) == shape == (1, 16, 3, 4, 6)
     assert condition.mask.shape == (1, 1, 3, 4, 6)
     assert condition.mask[0, 0, :k].eq(1).all() and condition.mask[0, 0, k:].eq(0).all()
 
     # The network input's mask channel is 1 on the condition frames, in both CFG branches, at every step.
     seen_masks = []
-    forward = pipe.net.forward_tokens
+    forward = pipe.components.net.forward_tokens
 
     def spy_forward(tokens, *args, **kwargs):
         seen_masks.append(tokens[..., 64:68].detach().clone())
         return forward(tokens, *args, **kwargs)
 
-    monkeypatch.setattr(pipe.net, "forward_tokens", spy_forward)
+    monkeypatch.setattr(pipe.components.net, "forward_tokens", spy_forward)
     cond, uncond = pipe.encode(item.prompt, cfg.negative_prompt)
     rec = RecordingCondition(condition)
-    stages.sample_latent(pipe, item.sample_id, seed, cond, uncond, rec)
+    sample_latent(net=pipe.components.net, plan=pipe.plan, runtime=pipe.runtime, cfg=cfg, sample_id=item.sample_id, seed=seed, cond=cond, uncond=uncond, condition=rec)
 
-    net = pipe.net
+    net = pipe.components.net
     gt_tok, grid = net.patchify(condition.gt)
     per_frame = grid[1] * grid[2]
     ind = torch.zeros(gt_tok.shape[1], dtype=torch.bool)
@@ -384,16 +385,17 @@ def test_condition_replacement_choice(ckpt, assets_dir, tmp_path, monkeypatch, r
                     "precision.dit_dtype=bfloat16", f"condition_replacement={replacement}")
     pipe, work = make_pipeline(cfg)
     item = work.items[0]
-    notes = []
-    condition = pipe.sampling_condition(item, 5, {}, notes)
-    assert (REFERENCE_REPLACEMENT_NOTE in notes) == (replacement == "reference")
+    sample = Sample(item=item, seed=5, negative=cfg.negative_prompt)
+    condition = pipe.condition(cfg, sample)
+    assert (REFERENCE_REPLACEMENT_NOTE in sample.notes) == (replacement == "reference")
     cond, uncond = pipe.encode(item.prompt, cfg.negative_prompt)
     rec = RecordingCondition(condition)
-    latent = stages.sample_latent(pipe, item.sample_id, 5, cond, uncond, rec)
-    assert pipe.sidecar_extra(item)["video2world"]["condition_replacement"] == replacement
+    latent = sample_latent(net=pipe.components.net, plan=pipe.plan, runtime=pipe.runtime, cfg=cfg,
+                           sample_id=item.sample_id, seed=5, cond=cond, uncond=uncond, condition=rec)
+    assert pipe.sidecar_extra(sample)["video2world"]["condition_replacement"] == replacement
 
     # The replaced output of every active step, restated (sigma_data 0.5; sigma rounded to bf16 as the reference).
-    gt_tok, grid = pipe.net.patchify(condition.gt)
+    gt_tok, grid = pipe.components.net.patchify(condition.gt)
     ind = torch.zeros(gt_tok.shape[1], dtype=torch.bool)
     ind[: grid[1] * grid[2]] = True  # one condition latent frame
     gt = gt_tok[:, ind]
@@ -414,7 +416,7 @@ def test_condition_replacement_choice(ckpt, assets_dir, tmp_path, monkeypatch, r
     # The causal decoder makes pixel frame 0 from latent frame 0 alone: compare it with the input's round trip,
     # to within a few bf16 roundings of its range (the state is stored in bf16; the free last step moves it by
     # c_out(0.0002) F).
-    tok = pipe.tokenizer.tokenizer
+    tok = pipe.components.tokenizer.tokenizer
     decoded = tok.decode(latent)[:, :, 0]
     round_trip = tok.decode(condition.gt)[:, :, 0]
     decoded_tolerance = 2**-6 * float(round_trip.abs().max())
@@ -431,8 +433,8 @@ def test_hooks_slice_like_the_state_under_context_parallelism(ckpt, assets_dir, 
     """Each cp rank's hooks are exactly the full hooks restricted to its token range."""
     cfg = small_cfg(ckpt, tmp_path / "out", "prompt=a dog", f"input_path={assets_dir / 'clip12.mp4'}", "num_input_frames=9")
     pipe, work = make_pipeline(cfg)
-    condition = pipe.sampling_condition(work.items[0], 3, {}, [])
-    full = condition.step_hooks(pipe.net, None)
+    condition = pipe.condition(cfg, Sample(item=work.items[0], seed=3, negative=cfg.negative_prompt))
+    full = condition.step_hooks(pipe.components.net, None)
     n = full.gt.shape[1]
     x = torch.randn(1, n, 64)
     f = torch.randn(1, n, 64)
@@ -440,7 +442,7 @@ def test_hooks_slice_like_the_state_under_context_parallelism(ckpt, assets_dir, 
         x_in = full.network_input(x, sigma, 0)
         f_out = full.replace_output(f, x_in, sigma, 0)
         for lo, hi in ((0, 7), (7, 13), (13, n)):  # uneven shards, cutting through latent frames
-            part = condition.step_hooks(pipe.net, (lo, hi))
+            part = condition.step_hooks(pipe.components.net, (lo, hi))
             xs_in = part.network_input(x[:, lo:hi], sigma, 0)
             assert torch.equal(xs_in, x_in[:, lo:hi])
             assert torch.equal(part.replace_output(f[:, lo:hi], xs_in, sigma, 0), f_out[:, lo:hi])

@@ -48,8 +48,8 @@ import torch
 from cosmos_dist.errors import InputError
 from cosmos_dist.io.prompts import BadLine, single_prompt_item
 from cosmos_dist.io.visual_input import RESIZE_MODES, check_visual_input, load_condition_frames
-from cosmos_dist.pipeline import stages
-from cosmos_dist.pipeline.text2world import Text2WorldPipeline
+from cosmos_dist.pipeline.base import WorldPipeline
+from cosmos_dist.pipeline.denoiser import latent_shape
 from cosmos_dist.sampling import AUGMENT_STREAM, StepHooks, c_in, condition_output, fixed_noise
 
 log = logging.getLogger("cosmos_dist")
@@ -129,7 +129,7 @@ class ConditionHooks(StepHooks):
 
 @dataclass
 class Video2WorldCondition:
-    """The `condition` stages.sample_latent takes: the mask channel and the step hooks of one sample."""
+    """The `condition` denoiser.sample_latent takes: the mask channel and the step hooks of one sample."""
 
     gt: torch.Tensor  # (1, 16, T, H, W) float32: the encoded input clip
     num_condition_frames: int  # leading latent frames that are conditioning
@@ -171,24 +171,12 @@ class InputSpec:
     resize_mode: str
 
 
-def _on_leader(layout, fn):
-    run = getattr(layout, "on_leader", None)
-    return fn() if run is None else run(fn)
+class Video2WorldPipeline(WorldPipeline):
+    """Image or video + text -> video: Text2World's run order plus the condition stage (module docstring)."""
 
-
-def _share_tensor(layout, t):
-    share = getattr(layout, "share_tensor", None)
-    return t if share is None else share(t)
-
-
-class Video2WorldPipeline(Text2WorldPipeline):
     kind = "video2world"
 
-    def __init__(self, cfg, layout):
-        super().__init__(cfg, layout)
-        self._input_records: dict[str, dict] = {}
-
-    # ---- setup -----------------------------------------------------------------------------
+    # ---- 1. check inputs ---------------------------------------------------------------------------
     def prepare(self):
         """Text2World's checks, plus: a `prompt=` run's input must exist and be readable by type (an error
         before any model loads); a prompts-file line whose input keys are malformed is a bad line. Files
@@ -201,7 +189,7 @@ class Video2WorldPipeline(Text2WorldPipeline):
         kept = []
         for item in work.items:
             try:
-                spec = self.input_spec(item)
+                spec = self.input_spec(cfg, item)
                 if cfg.prompt:
                     check_visual_input(spec.path, spec.num_input_frames)
             except InputError as exc:
@@ -214,21 +202,9 @@ class Video2WorldPipeline(Text2WorldPipeline):
         work.bad_lines.sort(key=lambda b: b.line_number)
         return work, assets
 
-    def load_models(self, assets) -> None:
-        super().load_models(assets)
-        tok = getattr(self, "tokenizer", None)
-        if tok is not None and getattr(tok.tokenizer, "encoder", None) is None:
-            from cosmos_dist.tokenizer import VideoTokenizer
-
-            self.tokenizer = stages.TokenizerStage(
-                VideoTokenizer.from_dir(assets.tokenizer, device=self.device, dtype=self.tokenizer_dtype, load_encoder=True,
-                                        decode_chunk_frames=int(self.cfg.precision.tokenizer_decode_chunk),
-                                        encode_chunk_frames=int(self.cfg.precision.tokenizer_encode_chunk))
-            )
-
-    def input_spec(self, item) -> InputSpec:
+    def input_spec(self, cfg, item) -> InputSpec:
         """Which file conditions `item`, with how many frames; InputError for malformed keys."""
-        cfg, extra = self.cfg, item.extra
+        extra = item.extra
         given = {k: extra[k] for k in INPUT_KEYS if extra.get(k) is not None}
         for key, value in given.items():
             if not isinstance(value, str) or not value.strip():
@@ -247,69 +223,68 @@ class Video2WorldPipeline(Text2WorldPipeline):
             raise InputError(f"num_input_frames={n} leaves nothing to generate in num_frames={cfg.num_frames}")
         if cfg.resize_mode not in RESIZE_MODES:
             raise InputError(f"resize_mode {cfg.resize_mode!r}; choose one of {', '.join(RESIZE_MODES)}")
-        return InputSpec(path, self._resolve_path(path, item), n, cfg.resize_mode)
+        return InputSpec(path, self._resolve_path(cfg, path, item), n, cfg.resize_mode)
 
-    def _resolve_path(self, given: str, item) -> Path:
+    def _resolve_path(self, cfg, given: str, item) -> Path:
         p = Path(given).expanduser()
-        if not p.is_absolute() and not p.exists() and item.line_number is not None and self.cfg.prompts_file:
-            beside = Path(self.cfg.prompts_file).parent / p
+        if not p.is_absolute() and not p.exists() and item.line_number is not None and cfg.prompts_file:
+            beside = Path(cfg.prompts_file).parent / p
             if beside.exists():
                 return beside
         return p
 
-    # ---- per sample --------------------------------------------------------------------------
+    # ---- 2. text: no negative prompt, no guidance ----------------------------------------------------
     def encode(self, prompt: str, negative: str):
         cond, uncond = super().encode(prompt, negative)
         if not negative:
             return cond, None  # the reference's v2w: no negative embedding -> no guidance (see module doc)
         return cond, uncond
 
-    def sampling_condition(self, item, seed: int, timings: dict, notes: list) -> Video2WorldCondition:
-        cfg, net = self.cfg, self.net
+    # ---- 3. condition: read the input, encode it ------------------------------------------------------
+    def condition(self, cfg, s) -> Video2WorldCondition:
+        item, net, plan, rt = s.item, self.components.net, self.plan, self.runtime
         t0 = time.perf_counter()
-        shape = stages.latent_shape(cfg, net.config.latent_channels)
+        shape = latent_shape(cfg, net.config.latent_channels)
         encoded = {}
 
         def read_and_encode() -> dict:
-            spec = self.input_spec(item)
+            spec = self.input_spec(cfg, item)
             frames, info = load_condition_frames(
-                spec.path, spec.num_input_frames, cfg.height, cfg.width, spec.resize_mode, dtype=self.tokenizer_dtype
+                spec.path, spec.num_input_frames, cfg.height, cfg.width, spec.resize_mode, dtype=plan.tokenizer_dtype
             )
-            clip = torch.zeros((1, 3, cfg.num_frames, cfg.height, cfg.width), dtype=self.tokenizer_dtype)
+            clip = torch.zeros((1, 3, cfg.num_frames, cfg.height, cfg.width), dtype=plan.tokenizer_dtype)
             clip[0, :, : spec.num_input_frames] = frames.permute(1, 0, 2, 3)
-            gt = self.tokenizer.tokenizer.encode(clip)
+            gt = self.components.tokenizer.encode(clip)
             if tuple(gt.shape) != tuple(shape):
                 raise InputError(f"the tokenizer encoded the input clip to {tuple(gt.shape)}; expected {tuple(shape)}")
             encoded["gt"] = gt
             return {"spec": spec, "info": info.describe()}
 
-        meta = _on_leader(self.layout, read_and_encode)
-        gt = _share_tensor(self.layout, encoded.get("gt")).to(self.device, torch.float32)
+        meta = rt.on_leader(read_and_encode)
+        gt = rt.share_tensor(encoded.get("gt")).to(plan.device, torch.float32)
         spec, info = meta["spec"], meta["info"]
         k = condition_latent_frames(spec.num_input_frames)
         condition = Video2WorldCondition(
             gt=gt,
             num_condition_frames=k,
-            augment_noise=fixed_noise(shape, seed, item.sample_id, AUGMENT_STREAM),
+            augment_noise=fixed_noise(shape, s.seed, item.sample_id, AUGMENT_STREAM),
             sigma_dtype=net.dtype,
             replacement=cfg.condition_replacement,
         )
-        timings["condition_encode_s"] = time.perf_counter() - t0
+        s.timings["condition_encode_s"] = time.perf_counter() - t0
 
-        negative = item.negative_prompt if item.negative_prompt is not None else cfg.negative_prompt
-        guided = bool(negative) and cfg.guidance != 0
-        if not negative and cfg.guidance != 0:
-            notes.append(NO_GUIDANCE_NOTE)
+        guided = bool(s.negative) and cfg.guidance != 0
+        if not s.negative and cfg.guidance != 0:
+            s.notes.append(NO_GUIDANCE_NOTE)
         if cfg.condition_replacement == "reference":
-            notes.append(REFERENCE_REPLACEMENT_NOTE)
+            s.notes.append(REFERENCE_REPLACEMENT_NOTE)
         w, h = info["original_size"]["width"], info["original_size"]["height"]
         if spec.resize_mode == "stretch" and abs(w * cfg.height - h * cfg.width) > 0.01 * h * cfg.width:
-            notes.append(
+            s.notes.append(
                 f"input {w}x{h} was stretched to {cfg.width}x{cfg.height} (aspect ratio not kept, as the reference; "
                 "resize_mode=crop or resize_mode=pad keep it)"
             )
-        # Kept per sample until its sidecar is written (stages.write_outputs, replica leader); a chunk holds several.
-        self._input_records[item.sample_id] = {
+        s.records["video2world"] = {
             "input_path": spec.given,
             "input_resolved": str(spec.path.resolve()),
             "input_kind": info["kind"],
@@ -325,6 +300,6 @@ class Video2WorldPipeline(Text2WorldPipeline):
         }
         return condition
 
-    def sidecar_extra(self, item) -> dict:
-        """Read by stages.write_outputs: what conditioned this sample (+ guardrails, upsampler, offload)."""
-        return {**super().sidecar_extra(item), "video2world": self._input_records.pop(item.sample_id, {})}
+    # ---- 5. what the sidecar adds ---------------------------------------------------------------------
+    def sidecar_extra(self, s) -> dict:
+        return {**super().sidecar_extra(s), "video2world": s.records.get("video2world", {})}

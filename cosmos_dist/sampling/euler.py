@@ -95,5 +95,5 @@ def euler_sample(
         f = hooks.replace_output(f, x_in, sigma_f, i).to(dtype)
         x = euler_step(x_in, f, sigma, sigma_next).to(dtype)
         if progress is not None:
-            progress(i, num_steps)
+            progress(i, num_steps, x)
     return x.to(torch.float32)

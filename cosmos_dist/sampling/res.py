@@ -107,7 +107,7 @@ def res_sample(
         f = hooks.replace_output(f, x_in, sigma, k).to(dtype)
         x0 = edm.c_skip(sigma) * x64 + edm.c_out(sigma) * f.to(torch.float64)
         if progress is not None:
-            progress(k, total)
+            progress(k, total, x0)
         return x64, x0
 
     x = noise.to(torch.float64)
