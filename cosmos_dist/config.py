@@ -200,6 +200,11 @@ class GenerateConfig:
     input_path: Optional[str] = None
     num_input_frames: int = 1
     resize_mode: str = "stretch"
+    # Video2World only: how the condition frames' network output is replaced each step. intended: the denoised
+    # estimate equals the encoded input, so the input is the video's first frame(s) | reference: the reference's
+    # code as written (gt / c_out - c_skip * x), whose condition frames drift from the input; for comparing
+    # with NVIDIA's scripts. See cosmos_dist/sampling/condition.py.
+    condition_replacement: str = "intended"
 
     checkpoint_dir: str = "checkpoints"
     output_dir: str = "outputs"
@@ -298,8 +303,16 @@ def validate_config(cfg: Any, *, needs_prompt: bool = True) -> None:
             bad("num_frames", f"{cfg.num_frames} leaves no frame to generate after num_input_frames={cfg.num_input_frames}; use 121")
         if cfg.resize_mode not in ("stretch", "crop", "pad"):
             bad("resize_mode", f"{cfg.resize_mode!r}; choose stretch (the reference), crop or pad")
+        from cosmos_dist.sampling.condition import CONDITION_REPLACEMENTS
+
+        if cfg.condition_replacement not in CONDITION_REPLACEMENTS:
+            bad("condition_replacement", f"{cfg.condition_replacement!r}; choose intended (the default: the input "
+                "is kept as the first frame) or reference (the reference's code as written)")
     elif cfg.input_path:
         bad("input_path", f"model {cfg.model.preset} is Text2World and takes no input image or video; use a *_video2world model")
+    elif cfg.condition_replacement != "intended":
+        bad("condition_replacement", f"model {cfg.model.preset} is Text2World and has no condition frames; remove "
+            "condition_replacement or use a *_video2world model")
     validate_memory_guardrail_upsampler(cfg, bad)
     validate_cache(cfg, bad)
 

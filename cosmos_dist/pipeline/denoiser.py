@@ -142,11 +142,9 @@ def sample_latent(*, net, plan, runtime, cfg, sample_id: str, seed: int, cond, u
     (1, 1, T, H, W), and `step_hooks(net, token_range)`, the sampler's StepHooks on this rank's shard.
     `on_step(step, total, latent)`: called after each evaluation (see cosmos_dist.sampling.interfaces.ProgressFn).
     """
-    from cosmos_dist.sampling import initial_noise
-
     settings = sampler_settings(cfg)
     shape = latent_shape(cfg, net.config.latent_channels)
-    noise = initial_noise(shape, seed, sample_id, sigma_max=settings.sigma_max)
+    noise = settings.initial_noise(shape, seed, sample_id)  # the sampler's own scale (RES: sigma_max)
     noise_tokens, grid = net.patchify(noise)
     token_range = runtime.token_range(noise_tokens.shape[1])
     extra = mask_tokens(net, shape, plan.device, net.dtype, None if condition is None else condition.mask)

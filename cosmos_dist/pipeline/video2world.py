@@ -16,10 +16,12 @@ Per sample, on top of Text2World's stages:
    per sample from fixed_noise(shape, seed, sample_id, "augment") and reused at every step. After guidance,
      F = ind * F_rep + (1 - ind) * F,    F_rep = (gt - c_skip(sigma) x_in) / c_out(sigma)
    so the denoised estimate D = c_skip x_in + c_out F equals gt on the condition frames, and the Euler step starts
-   from x_in. Both replacements are off for steps with sigma <= 0.001 (the last two of 35: the condition frames are
-   denoised freely there); the mask channel stays 1. The sampler's state x is x_sigma (unscaled) and its network
-   input is c_in(sigma) * x_in, exactly the reference's quantities. Like the reference, which runs in bf16 and casts
-   sigma to bf16 for this arithmetic, the hooks round sigma to the network dtype when that is 16-bit.
+   from x_in. condition_replacement=reference uses the reference's code as written instead, F_rep = gt / c_out -
+   c_skip x_in (see cosmos_dist.sampling.condition). Both replacements are off for steps with sigma <= 0.001 (the
+   last two of 35: the condition frames are denoised freely there); the mask channel stays 1. The sampler's state
+   x is x_sigma (unscaled) and its network input is c_in(sigma) * x_in, exactly the reference's quantities. Like
+   the reference, which runs in bf16 and casts sigma to bf16 for this arithmetic, the hooks round sigma to the
+   network dtype when that is 16-bit.
 
 The sampler works on token shards (context parallelism): gt, the indicator and the augment noise are patchified
 with the network's `patchify` and sliced with the same token range as the state, so each rank conditions exactly
@@ -48,7 +50,7 @@ from cosmos_dist.io.prompts import BadLine, single_prompt_item
 from cosmos_dist.io.visual_input import RESIZE_MODES, check_visual_input, load_condition_frames
 from cosmos_dist.pipeline.base import WorldPipeline
 from cosmos_dist.pipeline.denoiser import latent_shape
-from cosmos_dist.sampling import AUGMENT_STREAM, StepHooks, c_in, c_out, c_skip, fixed_noise
+from cosmos_dist.sampling import AUGMENT_STREAM, StepHooks, c_in, condition_output, fixed_noise
 
 log = logging.getLogger("cosmos_dist")
 
@@ -62,6 +64,11 @@ NO_GUIDANCE_NOTE = (
     "negative_prompt is empty: as in the reference Video2World, classifier-free guidance has no effect "
     "(its unconditional branch equals the conditional one), so only the conditional pass was run; "
     "give a non-empty negative_prompt to guide"
+)
+
+REFERENCE_REPLACEMENT_NOTE = (
+    "condition_replacement=reference: the condition frames were replaced with the reference's code as written "
+    "(gt / c_out - c_skip * x), so they are not the encoded input; the default (intended) keeps the input"
 )
 
 
@@ -92,8 +99,10 @@ class ConditionHooks(StepHooks):
         noise: torch.Tensor,
         augment_sigma: float = AUGMENT_SIGMA,
         sigma_dtype: torch.dtype = torch.float32,
+        replacement: str = "intended",
     ):
         self.gt = gt.to(torch.float32)
+        self.replacement = replacement
         self.indicator = indicator.to(torch.bool)
         self.augment_sigma = float(augment_sigma)
         self.sigma_dtype = sigma_dtype
@@ -114,7 +123,7 @@ class ConditionHooks(StepHooks):
         s = hook_sigma(sigma, self.sigma_dtype)
         if s <= self.augment_sigma:
             return f
-        f_rep = (self.gt - c_skip(s) * x_in.to(torch.float32)) / c_out(s)
+        f_rep = condition_output(self.gt, x_in.to(torch.float32), s, self.replacement)
         return torch.where(self.indicator, f_rep, f.to(torch.float32))
 
 
@@ -127,6 +136,7 @@ class Video2WorldCondition:
     augment_noise: torch.Tensor  # (1, 16, T, H, W) float32 standard normal, fixed for the sample
     augment_sigma: float = AUGMENT_SIGMA
     sigma_dtype: torch.dtype = torch.float32  # the network's run dtype
+    replacement: str = "intended"  # condition_replacement: intended | reference (cosmos_dist.sampling.condition)
 
     @property
     def indicator(self) -> torch.Tensor:
@@ -150,7 +160,7 @@ class Video2WorldCondition:
         gt = self.gt.to(torch.float32)
         indicator = shard(self.indicator.expand_as(gt).contiguous()) > 0.5
         noise = shard(self.augment_noise.to(gt.device, torch.float32))
-        return ConditionHooks(shard(gt), indicator, noise, self.augment_sigma, self.sigma_dtype)
+        return ConditionHooks(shard(gt), indicator, noise, self.augment_sigma, self.sigma_dtype, self.replacement)
 
 
 @dataclass(frozen=True)
@@ -259,12 +269,15 @@ class Video2WorldPipeline(WorldPipeline):
             num_condition_frames=k,
             augment_noise=fixed_noise(shape, s.seed, item.sample_id, AUGMENT_STREAM),
             sigma_dtype=net.dtype,
+            replacement=cfg.condition_replacement,
         )
         s.timings["condition_encode_s"] = time.perf_counter() - t0
 
         guided = bool(s.negative) and cfg.guidance != 0
         if not s.negative and cfg.guidance != 0:
             s.notes.append(NO_GUIDANCE_NOTE)
+        if cfg.condition_replacement == "reference":
+            s.notes.append(REFERENCE_REPLACEMENT_NOTE)
         w, h = info["original_size"]["width"], info["original_size"]["height"]
         if spec.resize_mode == "stretch" and abs(w * cfg.height - h * cfg.width) > 0.01 * h * cfg.width:
             s.notes.append(
@@ -282,6 +295,7 @@ class Video2WorldPipeline(WorldPipeline):
             "num_condition_latent_frames": k,
             "resize_mode": spec.resize_mode,
             "augment_sigma": AUGMENT_SIGMA,
+            "condition_replacement": cfg.condition_replacement,
             "classifier_free_guidance": guided,
         }
         return condition
