@@ -55,21 +55,10 @@ class ScheduledTeaCache(TeaCache):
 
 
 def timed(fn, reps: int, cuda: bool) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(reps):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) / 1000)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    """Median seconds of `reps` calls after one warm-up (CUDA events on the GPU): tools/benchmark.py's Timer."""
+    from benchmark import Timer
+
+    return statistics.median(Timer(torch.device("cuda" if cuda else "cpu"))(fn, reps, warmup=1))
 
 
 def spread(total: int, computed: int) -> set[int]:
