@@ -72,7 +72,7 @@ def spread(total: int, computed: int) -> set[int]:
 def measure(net, grid, device, reps: int, e2e_steps: int, e2e_computed: int, attention) -> dict:
     from cosmos_dist.pipeline.denoiser import GuidedDenoiser
     from cosmos_dist.pipeline.runtime import SingleProcess
-    from cosmos_dist.pipeline.stages import mask_tokens
+    from cosmos_dist.pipeline.denoiser import mask_tokens
     from cosmos_dist.sampling import SamplerSettings, initial_noise
 
     cuda = device.type == "cuda"

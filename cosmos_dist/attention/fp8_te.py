@@ -17,7 +17,7 @@ Not run on a GPU by this project (docs/PERFORMANCE.md).
 
 TE's attention returns no log-sum-exp, so ring and usp context parallelism (which merge partial
 results by it) cannot use it: with this kernel, cp_impl must be ulysses (each rank runs it on whole
-heads); `pipeline.stages.check_fp8_attention_parallel` refuses the others before a run.
+heads); `pipeline.plan.check_fp8_attention_parallel` refuses the others before a run.
 """
 from __future__ import annotations
 
