@@ -11,7 +11,7 @@ then the stages of one sample run in the pipeline's order and each stage's peak 
 
     guardrail text check -> upsampler -> guardrail check of the upsampled prompt -> T5 (prompt + negative, 512
     tokens each) -> [v2w: tokenizer encode of the 121-frame input clip] -> `--steps` guided DiT steps through
-    stages.sample_latent (the pipeline's sampler, cfg mode as configured) -> tokenizer decode -> video guardrail
+    denoiser.sample_latent (the pipeline's sampler, cfg mode as configured) -> tokenizer decode -> video guardrail
     (SigLIP on every frame + a face-detector stand-in)
 
 Stand-ins (random weights, real sizes):
