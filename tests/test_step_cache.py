@@ -186,6 +186,7 @@ def test_video2world_replacement_holds_on_reused_steps(tmp_path, monkeypatch):
     from PIL import Image
 
     from cosmos_dist.pipeline import video2world
+    from cosmos_dist.sampling.edm import c_out, c_skip
 
     rng = np.random.default_rng(3)
     image = tmp_path / "input.png"
@@ -196,8 +197,9 @@ def test_video2world_replacement_holds_on_reused_steps(tmp_path, monkeypatch):
     def recording(self, f, x_in, sigma, step):
         out = original(self, f, x_in, sigma, step)
         if self.active(sigma):
-            want = (self.gt - video2world.c_skip(video2world.hook_sigma(sigma, self.sigma_dtype)) * x_in.float()) / \
-                video2world.c_out(video2world.hook_sigma(sigma, self.sigma_dtype))
+            s = video2world.hook_sigma(sigma, self.sigma_dtype)
+            assert self.replacement == "intended"  # spec 2.6 as corrected: F = (gt - c_skip x) / c_out
+            want = (self.gt - c_skip(s) * x_in.float()) / c_out(s)
             ind = self.indicator.expand_as(out)
             seen.append((step, bool(torch.equal(out[ind], want.expand_as(out)[ind]))))
         return out
