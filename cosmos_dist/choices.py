@@ -42,6 +42,11 @@ DEVICES = ("auto", "cpu", "cuda")
 RESIZE_MODES = ("stretch", "crop", "pad")
 #: num_input_frames: Video2World conditioning frames (an image or a video's last frame, or its last 9)
 NUM_INPUT_FRAMES = (1, 9)
+#: condition_replacement: what a Video2World condition frame's denoised output is replaced with
+#: (cosmos_dist/sampling/condition.py); the first is the default
+CONDITION_REPLACEMENTS = ("intended", "reference")
+#: cache.policy: step caching (cosmos_dist/pipeline/step_cache.py); none runs every step in full
+CACHE_POLICIES = ("none", "teacache", "fbcache")
 #: log_level: the cosmos_dist logger's level; debug also lets library banners (megatron-core's) through
 LOG_LEVELS = ("debug", "info", "warning", "error")
 

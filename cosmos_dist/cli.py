@@ -12,6 +12,8 @@ entry there is a new subcommand here without any edit.
 Before Hydra composes anything, every override's key is checked against the schema, `+key=value`
 included: an unknown key is one `error:` line with the closest known key, exit code 2 (errors.py lists
 the exit codes). Under torchrun such an error is printed by rank 0 only (every rank sees the same one).
+The configs, the key checks and the validation are cosmos_dist/configure.py's, the same the Python API
+(`from_pretrained`, `compose_config`) goes through.
 """
 from __future__ import annotations
 
@@ -24,115 +26,15 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from cosmos_dist.configure import PROG, check_override_keys, config_dir
 from cosmos_dist.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ConfigError
 
-PROG = "cosmos-dist"
 INTERRUPTED_LINE = "interrupted: stopped by Ctrl-C; finished samples are kept, a rerun continues with the rest"
 
 
 def is_rank_zero() -> bool:
     """True outside torchrun and on its rank 0 (the rank that prints errors every rank shares)."""
     return os.environ.get("RANK", "0") == "0"
-
-
-def config_dir() -> str:
-    """The folder holding generate.yaml: inside the installed package (a wheel carries the checkout's conf/
-    as cosmos_dist/conf, see pyproject.toml), else the checkout's top-level conf/ next to the package."""
-    package = Path(__file__).resolve().parent
-    for candidate in (package / "conf", package.parent / "conf"):
-        if (candidate / "generate.yaml").is_file():
-            return str(candidate)
-    raise ConfigError(f"no Hydra configuration found (looked for conf/generate.yaml in {package} and {package.parent}); "
-                      "reinstall cosmos-dist")
-
-
-# ---- override keys against the schema -------------------------------------------------------------
-def schema_keys() -> set[str]:
-    """Every dotted key of GenerateConfig (`num_steps`, `parallel.ulysses_size`, ...), sections included."""
-    import dataclasses
-
-    from cosmos_dist.config import GenerateConfig
-
-    keys: set[str] = set()
-
-    def walk(cls, prefix: str) -> None:
-        for f in dataclasses.fields(cls):
-            key = prefix + f.name
-            keys.add(key)
-            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-            if dataclasses.is_dataclass(default):
-                walk(type(default), key + ".")
-
-    walk(GenerateConfig, "")
-    return keys
-
-
-def config_groups(conf: str | None = None) -> set[str]:
-    """The config groups of conf/ (model, sampler, precision, parallel, offload, guardrail)."""
-    root = Path(conf or config_dir())
-    return {p.name for p in root.iterdir() if p.is_dir()}
-
-
-def closest_key(key: str, known: set[str]) -> str | None:
-    """The known key a misspelt one most likely meant: by the whole dotted name, else by its last part
-    (`ulysses_size` -> `parallel.ulysses_size`)."""
-    match = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
-    if match:
-        return match[0]
-    leaf = key.rsplit(".", 1)[-1]
-    by_leaf = {k.rsplit(".", 1)[-1]: k for k in sorted(known) if "." in k}
-    match = difflib.get_close_matches(leaf, sorted(by_leaf), n=1, cutoff=0.75)
-    return by_leaf[match[0]] if match else None
-
-
-def unknown_key_error(key: str, known: set[str]) -> ConfigError:
-    hint = closest_key(key, known)
-    fix = f"did you mean {hint}?" if hint else "no configuration key is close to it"
-    return ConfigError(f"{key}: not a configuration key; {fix} (`{PROG} generate --help` lists every key; "
-                       "a leading + does not add keys)")
-
-
-def check_override_keys(overrides: Sequence[str], conf: str | None = None) -> None:
-    """ConfigError for the first override whose key the schema does not have (`+key=...` included). Group
-    choices (model=..., precision=...) and hydra.* are Hydra's to check; malformed overrides too."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
-    try:
-        parsed = OverridesParser.create().parse_overrides(list(overrides))
-    except HydraException:
-        return  # Hydra reports the syntax error itself
-    known = schema_keys()
-    groups = config_groups(conf)
-    for override in parsed:
-        key = override.key_or_group
-        if key == "hydra" or key.startswith(("hydra.", "hydra/")) or override.package is not None:
-            continue
-        if key in groups or key.split("/", 1)[0] in groups and "/" in key:
-            continue
-        if key not in known:
-            raise unknown_key_error(key, known)
-
-
-def check_config_keys(cfg) -> None:
-    """ConfigError for a key of the composed config that the schema does not have (a key a YAML file of
-    --config-dir added, or anything that slipped past the override check)."""
-    from omegaconf import DictConfig
-
-    known = schema_keys()
-
-    def walk(node, prefix: str) -> None:
-        for key in node.keys():
-            dotted = prefix + str(key)
-            if dotted == "hydra":
-                continue
-            if dotted not in known:
-                raise unknown_key_error(dotted, known)
-            value = node._get_node(key)
-            if isinstance(value, DictConfig) and not value._is_none():
-                walk(value, dotted + ".")
-
-    walk(cfg, "")
 
 
 # ---- generate --------------------------------------------------------------------------------------
@@ -144,9 +46,9 @@ def generate(argv: Sequence[str], prog: str = f"{PROG} generate") -> int:
     from cosmos_dist.config import register_configs
     from cosmos_dist.generate import run_cli
 
-    conf = config_dir()
     args, _ = get_args_parser().parse_known_args(list(argv))
     try:
+        conf = str(config_dir())
         check_override_keys(args.overrides or [], conf)
     except ConfigError as exc:
         if is_rank_zero():

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, List, Mapping, Optional
 
 from cosmos_dist import choices
-from cosmos_dist.choices import OFFLOAD_LEVELS, one_of  # noqa: F401  (OFFLOAD_LEVELS: re-exported)
+from cosmos_dist.choices import CACHE_POLICIES, OFFLOAD_LEVELS, one_of  # noqa: F401  (the lists: re-exported)
 from cosmos_dist.errors import ConfigError
 
 # The reference's default negative prompt, verbatim (spec 1.1).
@@ -195,6 +195,24 @@ class VideoConfig:
 
 
 @dataclass
+class CacheConfig:
+    """Training-free step caching: reuse the transformer blocks' residual of an earlier step when the input changed
+    little. Opt-in; see README "Step caching" and cosmos_dist/pipeline/step_cache.py."""
+
+    policy: str = "none"  # none | teacache | fbcache
+    # Reuse while the policy's change statistic stays under this (teacache: accumulated rescaled relative L1 of
+    # block 0's modulated input, published 0.3 / 0.4; fbcache: relative L1 change of block 0's residual).
+    # 0 never reuses. Pick it with tools/cache_sweep.py.
+    threshold: float = 0.0
+    # teacache: the polynomial (highest power first) that rescales the relative L1 change; the default is the one
+    # published for Cosmos-1.0-Diffusion-7B (ali-vilab/TeaCache, TeaCache4Cosmos).
+    coefficients: List[float] = field(
+        default_factory=lambda: [2.71156237e02, -9.19775607e01, 2.24437250e00, 2.08355751e00, 1.41776330e-01]
+    )
+    max_consecutive_reuse: int = 0  # at most this many reused steps in a row per branch; 0 = no limit
+
+
+@dataclass
 class GenerateConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
@@ -204,6 +222,7 @@ class GenerateConfig:
     video: VideoConfig = field(default_factory=VideoConfig)
     guardrail: GuardrailConfig = field(default_factory=GuardrailConfig)
     upsampler: UpsamplerConfig = field(default_factory=UpsamplerConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
 
     prompt: Optional[str] = None
     prompts_file: Optional[str] = None
@@ -225,6 +244,11 @@ class GenerateConfig:
     input_path: Optional[str] = None
     num_input_frames: int = 1
     resize_mode: str = "stretch"
+    # Video2World only: how the condition frames' network output is replaced each step. intended: the denoised
+    # estimate equals the encoded input, so the input is the video's first frame(s) | reference: the reference's
+    # code as written (gt / c_out - c_skip * x), whose condition frames drift from the input; for comparing
+    # with NVIDIA's scripts. See cosmos_dist/sampling/condition.py.
+    condition_replacement: str = "intended"
 
     checkpoint_dir: str = "checkpoints"
     output_dir: str = "outputs"
@@ -298,13 +322,14 @@ def validate_sample_fields(fields: Mapping[str, Any], where: str = "") -> None:
             check(value, f"{where}{key}")
 
 
-def validate_config(cfg: Any) -> None:
-    """Checks that need more than a type. Raises ConfigError naming the field and the fix."""
+def validate_config(cfg: Any, *, needs_prompt: bool = True) -> None:
+    """Checks that need more than a type. Raises ConfigError naming the field and the fix. `needs_prompt=False`:
+    the Python API, whose calls bring the prompts."""
 
     def bad(fieldname: str, why: str) -> None:
         raise ConfigError(f"{fieldname}: {why}")
 
-    if not cfg.prompt and not cfg.prompts_file:
+    if needs_prompt and not cfg.prompt and not cfg.prompts_file:
         bad("prompt", 'give prompt="..." or prompts_file=path/to/prompts.jsonl')
     if cfg.prompt and cfg.prompts_file:
         bad("prompt", "give either prompt=... or prompts_file=..., not both")
@@ -362,14 +387,21 @@ def validate_config(cfg: Any) -> None:
         bad("name", "name= names the sample of a single prompt=; in a prompts file give each line an `id`")
     video2world = str(cfg.model.preset).endswith("_video2world")
     if video2world:
-        if not cfg.input_path and not cfg.prompts_file:
+        if needs_prompt and not cfg.input_path and not cfg.prompts_file:
             bad("input_path", "Video2World needs the conditioning image or video: input_path=photo.jpg (or clip.mp4)")
         validate_sample_fields({"num_input_frames": cfg.num_input_frames, "resize_mode": cfg.resize_mode})
         if cfg.num_frames <= cfg.num_input_frames:
             bad("num_frames", f"{cfg.num_frames} leaves no frame to generate after num_input_frames={cfg.num_input_frames}; use 121")
+        if cfg.condition_replacement not in choices.CONDITION_REPLACEMENTS:
+            bad("condition_replacement", f"{cfg.condition_replacement!r}; choose intended (the default: the input "
+                "is kept as the first frame) or reference (the reference's code as written)")
     elif cfg.input_path:
         bad("input_path", f"model {cfg.model.preset} is Text2World and takes no input image or video; use a *_video2world model")
+    elif cfg.condition_replacement != "intended":
+        bad("condition_replacement", f"model {cfg.model.preset} is Text2World and has no condition frames; remove "
+            "condition_replacement or use a *_video2world model")
     validate_memory_guardrail_upsampler(cfg, bad)
+    validate_cache(cfg, bad)
 
 
 def validate_memory_guardrail_upsampler(cfg: Any, bad) -> None:
@@ -402,3 +434,23 @@ def validate_memory_guardrail_upsampler(cfg: Any, bad) -> None:
             bad("upsampler.temperature", f"{up.temperature} must be >= 0 (0 = greedy)")
         if up.dtype not in choices.DTYPES:
             bad("upsampler.dtype", f"{up.dtype!r}; choose {one_of(choices.DTYPES)}")
+
+
+def validate_cache(cfg: Any, bad) -> None:
+    """The `cache` group (configs composed without it are accepted and run uncached)."""
+    import math
+
+    cache = cfg.get("cache") if hasattr(cfg, "get") else getattr(cfg, "cache", None)
+    if cache is None:
+        return
+    if cache.policy not in CACHE_POLICIES:
+        bad("cache.policy", f"{cache.policy!r}; choose {one_of(CACHE_POLICIES)} (e.g. cache=teacache)")
+    threshold = float(cache.threshold)
+    if not math.isfinite(threshold) or threshold < 0:
+        bad("cache.threshold", f"{cache.threshold} must be a finite number >= 0 (0 never reuses a step; TeaCache "
+            "publishes 0.3 and 0.4 for Cosmos)")
+    coefficients = list(getattr(cache, "coefficients", None) or [])
+    if not coefficients or not all(isinstance(c, (int, float)) and math.isfinite(c) for c in coefficients):
+        bad("cache.coefficients", f"{coefficients} must be a non-empty list of finite numbers, highest power first")
+    if int(getattr(cache, "max_consecutive_reuse", 0)) < 0:
+        bad("cache.max_consecutive_reuse", f"{cache.max_consecutive_reuse} must be >= 0 (0 = no limit)")

@@ -5,7 +5,6 @@ import logging
 import os
 import sys
 
-from cosmos_dist.config import validate_config
 from cosmos_dist.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -14,7 +13,7 @@ from cosmos_dist.errors import (
     ConfigError,
     CosmosDistError,
 )
-from cosmos_dist.run_summary import JobSummary, gather_summary, log_summary  # noqa: F401
+from cosmos_dist.run_summary import gather_summary, log_summary
 
 log = logging.getLogger("cosmos_dist")
 
@@ -50,22 +49,10 @@ def quiet_libraries(verbose: bool) -> None:
             warnings.filterwarnings("ignore", module=rf"{module}(\.|$)")
 
 
-def make_runtime(cfg):
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1 and cfg.parallel.cp_size == 1 and not cfg.parallel.cfg_parallel:
-        from cosmos_dist.pipeline.runtime import SingleProcess
-
-        return SingleProcess()
-    from cosmos_dist.parallel.runtime import DistributedRuntime
-
-    return DistributedRuntime.create(cfg.parallel)
-
-
 def make_pipeline(cfg, runtime):
     from cosmos_dist.models import get_preset
 
-    preset = get_preset(cfg.model.preset)
-    if preset.video2world:
+    if get_preset(cfg.model.preset).video2world:
         from cosmos_dist.pipeline.video2world import Video2WorldPipeline
 
         return Video2WorldPipeline(cfg, runtime)
@@ -89,23 +76,22 @@ def use_sweep_folder(cfg) -> None:
 def run_cli(cfg) -> int:
     """Run one composed configuration; returns the exit code (cosmos_dist/errors.py): 0 everything done or
     skipped, 1 some sample failed, 2 a configuration or input error, 3 stopped before the share was finished."""
-    from cosmos_dist.cli import check_config_keys, is_rank_zero
+    from cosmos_dist.cli import is_rank_zero
+    from cosmos_dist.configure import check_config
 
     setup_logging(is_rank_zero(), cfg.get("log_level", "info"))
     runtime = None
     try:
-        check_config_keys(cfg)
         use_sweep_folder(cfg)
-        validate_config(cfg)
-        runtime = make_runtime(cfg)
-        setup_logging(runtime.is_global_leader, cfg.log_level)
-        if hasattr(runtime, "layout"):
-            from cosmos_dist.parallel.guard import run_guarded
+        check_config(cfg)  # the schema's keys and values, as the Python API checks them (configure.py)
+        from cosmos_dist.pipeline.runtime import make_runtime
 
-            # No hangs: a rank that fails ends the job, naming itself and the cause.
-            summary = run_guarded(lambda: gather_summary(make_pipeline(cfg, runtime).run()), runtime.layout)
-        else:
-            summary = gather_summary(make_pipeline(cfg, runtime).run())
+        runtime = make_runtime(cfg.parallel)
+        setup_logging(runtime.is_global_leader, cfg.log_level)
+        # No hangs: under torchrun a rank that fails ends the job, naming itself and the cause. The summary is
+        # gathered over the world inside the guard (a collective: every rank takes part).
+        summary = runtime.guarded(
+            lambda: gather_summary(make_pipeline(cfg, runtime).run(), runtime.is_replica_leader))
     except ConfigError as exc:
         if is_rank_zero():  # every rank has the same configuration, hence the same error: say it once
             print(f"error: {exc}", file=sys.stderr)

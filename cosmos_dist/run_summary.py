@@ -1,9 +1,11 @@
 """The run's closing summary over every data-parallel replica, printed once (by global rank 0).
 
-Each rank's pipeline returns what it saw (its replica's samples); under torchrun the CLI gathers them
-over the world with one `all_gather_object` after the run and before the process groups close, so
-"3 done" counts the videos of every replica, not only rank 0's. Ranks of one replica report the same
-samples: the union by sample id counts each once.
+Each rank's pipeline returns what it saw (pipeline/results.py: RunSummary, its replica's samples); under
+torchrun the CLI gathers them over the world with one `all_gather_object` after the run and before the
+process groups close, so "3 done" counts the videos of every replica, not only rank 0's. The replica
+leaders' reports are the ones merged: a leader writes its replica's files and manifest lines, so its word
+on a sample is final, and each sample belongs to exactly one replica (bad prompts-file lines, which every
+rank reads, are counted by the global leader only: pipeline/base.py).
 """
 from __future__ import annotations
 
@@ -14,9 +16,6 @@ from typing import Any
 
 log = logging.getLogger("cosmos_dist")
 
-#: a failure reason's kind is its text before the first ": " when that is at most this long
-REASON_KIND_LEN = 60
-
 
 @dataclass
 class JobSummary:
@@ -24,28 +23,26 @@ class JobSummary:
     skipped: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     blocked: list[str] = field(default_factory=list)
-    reasons: dict[str, str] = field(default_factory=dict)  # failed sample id (or "line N") -> reason
+    reasons: Counter = field(default_factory=Counter)  # failures by kind of reason (RunSummary.reasons)
     stopped_by: str | None = None
     is_leader: bool = True  # this process prints the summary
 
     def failures_by_reason(self) -> list[tuple[str, int]]:
-        counts = Counter(reason_kind(self.reasons.get(sid, "reason not recorded")) for sid in self.failed)
+        counts = Counter(self.reasons)
+        unaccounted = len(self.failed) - sum(counts.values())
+        if unaccounted > 0:
+            counts["reason not recorded"] += unaccounted
         return counts.most_common()
 
 
-def reason_kind(reason: str) -> str:
-    """`prompt is too long` from `prompt is too long: 612 words ...`: what groups failures in the summary."""
-    head = str(reason).split(": ", 1)[0].strip()
-    return head if len(head) <= REASON_KIND_LEN else head[:REASON_KIND_LEN] + "..."
-
-
-def _as_dict(summary: Any) -> dict:
+def _as_dict(summary: Any, is_replica_leader: bool) -> dict:
     return {
+        "replica_leader": bool(is_replica_leader),
         "done": list(getattr(summary, "done", [])),
         "skipped": list(getattr(summary, "skipped", [])),
         "failed": list(getattr(summary, "failed", [])),
         "blocked": list(getattr(summary, "blocked", [])),
-        "reasons": dict(getattr(summary, "reasons", None) or {}),
+        "reasons": dict(getattr(summary, "reasons", None) or {}),  # kind -> count
         "stopped_by": getattr(summary, "stopped_by", None),
     }
 
@@ -59,25 +56,24 @@ def _union(parts: list[list[str]]) -> list[str]:
 
 
 def merge(parts: list[dict], is_leader: bool = True) -> JobSummary:
-    """One JobSummary from the per-rank dicts; a sample that is done anywhere is not also counted failed."""
+    """One JobSummary from the per-rank dicts: the replica leaders' reports (the union of their sample ids,
+    the sum of their reason counts); a stop seen by any rank counts."""
     merged = JobSummary(is_leader=is_leader)
+    leaders = [p for p in parts if p["replica_leader"]] or parts
     for key in ("done", "skipped", "blocked", "failed"):
-        setattr(merged, key, _union([p[key] for p in parts]))
-    finished = set(merged.done) | set(merged.blocked)
-    merged.failed = [sid for sid in merged.failed if sid not in finished]
-    for p in parts:
-        for sid, reason in p["reasons"].items():
-            merged.reasons.setdefault(sid, reason)
+        setattr(merged, key, _union([p[key] for p in leaders]))
+    for p in leaders:
+        merged.reasons.update(p["reasons"])
     merged.stopped_by = next((p["stopped_by"] for p in parts if p["stopped_by"]), None)
     return merged
 
 
-def gather_summary(summary: Any) -> JobSummary:
+def gather_summary(summary: Any, is_replica_leader: bool = True) -> JobSummary:
     """The pipeline's RunSummary of this rank merged with every other rank's (a collective under torchrun:
-    every rank must call it)."""
+    every rank must call it). `is_replica_leader`: the runtime's, whether this rank's report is final."""
     import torch.distributed as dist
 
-    mine = _as_dict(summary)
+    mine = _as_dict(summary, is_replica_leader)
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         parts: list = [None] * dist.get_world_size()
         dist.all_gather_object(parts, mine)

@@ -1,18 +1,17 @@
 """One source for configuration: the schema, the choice lists, the YAML files, the keys messages name."""
 from __future__ import annotations
 
+import ast
 import dataclasses
-import io
 import json
 import re
-import tokenize
 from pathlib import Path
 
 import pytest
 import yaml
 
 from cosmos_dist import choices
-from cosmos_dist.cli import check_config_keys, check_override_keys, closest_key, schema_keys
+from cosmos_dist.configure import check_config_keys, check_override_keys, closest_key, schema_keys
 from cosmos_dist.config import GenerateConfig, ParallelConfig, check_seed, validate_config, validate_sample_fields
 from cosmos_dist.errors import ConfigError
 
@@ -39,9 +38,12 @@ _KEY_IN_TEXT = re.compile(rf"(?<![\w.{{/\[(])({'|'.join(SECTIONS)})\.([A-Za-z_][
 
 
 def _string_literals(path: Path):
-    for tok in tokenize.generate_tokens(io.StringIO(path.read_text(encoding="utf-8")).readline):
-        if tok.type == tokenize.STRING:
-            yield tok.start[0], tok.string
+    """The string constants of a file that are not docstrings (those show Python code too, `video.save(...)`)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    docstrings = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Expr)}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            yield node.lineno, node.value
 
 
 def test_keys_named_in_messages_are_schema_keys():
@@ -219,3 +221,21 @@ def test_composed_config_with_an_added_key_is_refused():
         cfg.num_step = 3  # what Hydra's own `+num_step=3` does
     with pytest.raises(ConfigError, match=r"num_step: not a configuration key; did you mean num_steps\?"):
         check_config_keys(cfg)
+
+
+# ---- the Python API composes and checks through the command line's code -------------------------------
+def test_python_api_refuses_what_the_command_line_refuses():
+    from cosmos_dist.configure import compose_config, config_dir, with_settings
+
+    assert config_dir() == CONF  # a checkout: its top-level conf/ (an installed wheel: tests/test_install.py)
+    with pytest.raises(ConfigError, match=r"^num_step: not a configuration key; did you mean num_steps\?"):
+        compose_config(["model=tiny_text2world", "num_step=3"])
+    with pytest.raises(ConfigError, match=r"^parallel\.ulysses_sise: not a configuration key; did you mean "
+                                          r"parallel\.ulysses_size\?"):
+        compose_config(["model=tiny_text2world"], parallel={"ulysses_sise": 2})
+    cfg = compose_config(["model=tiny_text2world", "cache=fbcache"], log_level="debug")
+    assert (cfg.cache.policy, cfg.log_level) == ("fbcache", "debug")
+    with pytest.raises(ConfigError, match=r"^guidence: not a configuration key; did you mean guidance\?"):
+        with_settings(cfg, {"guidence": 3})
+    with pytest.raises(ConfigError, match=r"^seed: -1"):
+        with_settings(cfg, {"seed": -1})

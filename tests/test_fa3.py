@@ -92,7 +92,7 @@ def test_kernel_choice_and_errors(monkeypatch):
     from cosmos_dist.attention import fp8 as fp8_mod
     from cosmos_dist.config import PrecisionConfig
     from cosmos_dist.errors import ConfigError
-    from cosmos_dist.pipeline.stages import attention_kernel, fp8_attention_kernel
+    from cosmos_dist.pipeline.plan import attention_kernel, fp8_attention_kernel
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
     assert resolve_attention_kernel("auto", cpu) == "sdpa"

@@ -157,7 +157,7 @@ def test_fp8_attention_kernel_choice(monkeypatch):
     from cosmos_dist.attention import fp8_cudnn
     from cosmos_dist.config import PrecisionConfig
     from cosmos_dist.errors import ConfigError
-    from cosmos_dist.pipeline.stages import fp8_attention_kernel
+    from cosmos_dist.pipeline.plan import fp8_attention_kernel
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
     assert {fp8_mod.resolve_kernel(k, cpu) for k in ("auto", "cudnn", "triton")} == {"emulated"}
@@ -349,7 +349,7 @@ def test_compiled_fp8_blocks_match_eager_on_cpu():
     """stages.compile_blocks with the FP8 compile options (Inductor multi_kernel) builds and runs, and the
     compiled FP8 network agrees with the eager one far more closely than FP8 agrees with float32 (the options
     only choose kernel forms; a value on an e4m3 rounding boundary may still round the other way)."""
-    from cosmos_dist.pipeline.stages import FP8_COMPILE_OPTIONS, compile_blocks
+    from cosmos_dist.pipeline.plan import FP8_COMPILE_OPTIONS, compile_blocks
 
     assert FP8_COMPILE_OPTIONS == {"triton.multi_kernel": 1}
     cfg = get_preset("tiny_text2world")
@@ -368,3 +368,37 @@ def test_compiled_fp8_blocks_match_eager_on_cpu():
     assert all(block._compiled_call_impl is not None for block in net.blocks.values())
     fp8_err = rel_err(eager, full)
     assert fp8_err > 1e-4 and rel_err(compiled, eager) < 0.1 * fp8_err
+
+
+def test_shape_rule_keeps_what_scaled_mm_refuses_and_counts_it(caplog):
+    """cuBLASLt (torch._scaled_mm) wants K = in and N = out divisible by 16, not the token count: a layer that
+    misses it stays in the run dtype and is counted; every token count runs the FP8 product."""
+    from cosmos_dist.models import build_dit, get_preset
+    from cosmos_dist.models.fp8 import convert_blocks_to_fp8, fp8_linear_counts, fp8_shape_ok
+
+    assert fp8_shape_ok("cublas", 128, 512) and not fp8_shape_ok("cublas", 128, 520)
+    assert not fp8_shape_ok("cublas", 120, 512)
+    net = build_dit(get_preset("tiny_text2world"), device="cpu", dtype=torch.float32)
+    attn = net.blocks["block1"].blocks[0].block
+    for name, (i, o) in {"to_q": (128, 520), "to_k": (120, 512)}.items():
+        setattr(getattr(attn.attn, name), "0", torch.nn.Linear(i, o, bias=False))
+    with caplog.at_level("INFO", logger="cosmos_dist"):
+        n = convert_blocks_to_fp8(net)
+    assert fp8_linear_counts(net) == {"fp8": n, "run_dtype": 2} and n == 10 * net.config.num_blocks - 2
+    assert "2 stay in the run dtype" in caplog.text and "512x120, 520x128" in caplog.text
+
+
+
+def test_scaled_mm_path_takes_any_token_count(monkeypatch):
+    """21 token rows go through torch._scaled_mm (PyTorch's CPU build runs it too), not a float32 fallback."""
+    from cosmos_dist.models import fp8 as fp8_mod
+
+    monkeypatch.setattr(fp8_mod, "_scaled_mm_supported", lambda device: True)
+    seen = []
+    real = torch._scaled_mm
+    monkeypatch.setattr(torch, "_scaled_mm", lambda a, b, **kw: seen.append(a.shape) or real(a, b, **kw))
+    f8 = Fp8Linear(torch.nn.Linear(32, 16, bias=False))
+    x = torch.randn(3, 7, 32)
+    xq, xs = quantize_rows(x.reshape(21, 32))
+    emu = (xq.float() * xs) @ (f8.weight_fp8.float() * f8.weight_scale.t()).t()
+    assert torch.allclose(f8(x), emu.reshape(3, 7, 16), rtol=1e-5, atol=1e-5) and seen == [(21, 32)]

@@ -62,13 +62,30 @@ def package_files(pkg: Path) -> set[str]:
 
 
 def test_the_installed_package_is_the_wheels(venv, tmp_path):
-    proc = run(venv, "python", "-c", "import cosmos_dist, cosmos_dist.cli as c; print(cosmos_dist.__file__); print(c.config_dir())",
+    proc = run(venv, "python", "-c", "import cosmos_dist, cosmos_dist.configure as c; print(cosmos_dist.__file__); print(c.config_dir())",
                cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     module, conf = proc.stdout.split()
     pkg = site_package(venv)
     assert Path(module).parent == pkg  # not the checkout, not an editable install elsewhere
     assert Path(conf) == pkg / "conf" and (pkg / "conf" / "model" / "tiny_text2world.yaml").is_file()
+    shipped = {str(p.relative_to(REPO / "conf")) for p in (REPO / "conf").rglob("*.yaml")}
+    assert shipped == {str(p.relative_to(pkg / "conf")) for p in (pkg / "conf").rglob("*.yaml")}  # conf/cache too
+
+
+def test_python_api_composes_from_the_wheel(venv, tmp_path):
+    # compose_config (what from_pretrained calls) reads the wheel's configs and refuses keys as the command does
+    code = ("from cosmos_dist import compose_config\n"
+            "cfg = compose_config(['model=tiny_text2world', 'cache=teacache'], parallel={'ulysses_size': 1})\n"
+            "print(cfg.model.preset, cfg.cache.policy, cfg.parallel.ulysses_size)\n"
+            "try:\n    compose_config(['model=tiny_text2world', 'num_step=3'])\n"
+            "except Exception as exc:\n    print(type(exc).__name__, exc)\n")
+    proc = run(venv, "python", "-c", code, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    first, second = proc.stdout.strip().splitlines()
+    assert first == "tiny_text2world teacache 1"
+    assert second.startswith("ConfigError num_step: not a configuration key; did you mean num_steps?"), second
+    assert not list(tmp_path.iterdir())
 
 
 def test_generate_from_an_empty_directory(venv, tmp_path):

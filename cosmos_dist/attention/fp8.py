@@ -206,7 +206,7 @@ def resolve_kernel(kernel: str, device: torch.device) -> str:
     if kernel == "te":
         from cosmos_dist.models import fp8_te
 
-        fp8_te.require(device, "fp8_attention_kernel")
+        fp8_te.require_attention(device)  # TE has an FP8 attention backend for this GPU and install
         return "te"
     if not triton_available(device):
         if kernel in ("cudnn", "fa3") and device.type == "cuda":
@@ -232,7 +232,9 @@ def fp8_attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         from cosmos_dist.attention.fp8_te import te_fp8_attention_with_lse
 
         return te_fp8_attention_with_lse(q, k, v)
-    which = resolve_kernel(kernel, q.device)
+    # The pipeline passes the kernel its PrecisionPlan resolved (possibly "emulated"); direct callers may pass a
+    # setting ("auto", ...), resolved here.
+    which = kernel if kernel == "emulated" else resolve_kernel(kernel, q.device)
     if which == "cudnn":
         from cosmos_dist.attention.fp8_cudnn import cudnn_fp8_attention_with_lse
 

@@ -21,8 +21,12 @@ steps, where the output is most sensitive).
 """
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
+
+_log = logging.getLogger("cosmos_dist")
 
 E4M3 = torch.float8_e4m3fn
 E4M3_MAX = 448.0
@@ -87,7 +91,7 @@ class Fp8Linear(Fp8Layer):
         x2 = x.reshape(-1, self.in_features)
         xq, xs = quantize_rows(x2)
         out_dtype = x.dtype if x.dtype in (torch.bfloat16, torch.float16) else self.out_dtype
-        if _scaled_mm_supported(x.device) and x2.shape[0] % 16 == 0:
+        if _scaled_mm_supported(x.device):  # any token count: _scaled_mm wants K % 16 and N % 16 (conversion), not M
             # The product with unit scales, then both row-wise scales as a separate multiply: cuBLASLt's
             # tensor-wise FP8 GEMM runs at ~1,300 TFLOP/s on an H100 where the row-wise-scaled kernel
             # reaches ~1,000-1,130, and under torch.compile the multiply fuses into whatever follows.
@@ -125,10 +129,23 @@ def resolve_linear_kernel(kernel: str, device: torch.device) -> str:
     return "cublas" if _scaled_mm_supported(device) else "emulated"
 
 
+def fp8_shape_ok(kernel: str, in_features: int, out_features: int) -> bool:
+    """Whether `kernel`'s FP8 GEMM takes a weight (out, in). cublas / emulated: torch._scaled_mm wants the
+    shared dimension K = in and the output width N = out divisible by 16 (its checks; the token count M is
+    free). te: Transformer Engine wants in % 16 and out % 8 (cosmos_dist.models.fp8_te.linear_fits)."""
+    if kernel == "te":
+        from cosmos_dist.models.fp8_te import linear_fits
+
+        return linear_fits(in_features, out_features)
+    return in_features % 16 == 0 and out_features % 16 == 0
+
+
 def convert_blocks_to_fp8(net: nn.Module, keep_high_precision: bool = False, kernel: str = "cublas") -> int:
     """Replace every bias-free linear of the transformer blocks' attention and MLP by an FP8 layer
     (`Fp8Linear` for kernel "cublas", `TeFp8Linear` for "te"), leaving the adaLN modulation in the run
-    dtype. Returns the number converted. Call it before `torch.compile` and after loading weights."""
+    dtype. A linear whose shape the kernel's FP8 GEMM refuses (`fp8_shape_ok`) stays in the run dtype; how
+    many did is logged and given by `fp8_linear_counts`. Returns the number converted. Call it before
+    `torch.compile` and after loading weights."""
     if kernel == "te":
         from cosmos_dist.models.fp8_te import TeFp8Linear
 
@@ -138,17 +155,35 @@ def convert_blocks_to_fp8(net: nn.Module, keep_high_precision: bool = False, ker
             return Fp8Linear(lin, keep_high_precision)
     else:
         raise ValueError(f"unknown FP8 linear kernel {kernel!r} (resolve 'auto' first)")
-    count = 0
+    count, kept = 0, set()
     for block in net.blocks.values():
         for sub in block.blocks:
             for parent, name, lin in list(_linears_in(sub.block)):
-                if lin.in_features % 16 or lin.out_features % 16:
-                    continue  # FP8 tensor cores need multiples of 16; stays in the run dtype
+                if not fp8_shape_ok(kernel, lin.in_features, lin.out_features):
+                    kept.add((lin.out_features, lin.in_features))
+                    continue
                 setattr(parent, name, make(lin))
                 count += 1
     if count == 0:
         raise ValueError("no linear layer of the transformer blocks could be converted to FP8")
+    left = fp8_linear_counts(net)["run_dtype"]
+    if left:
+        shapes = ", ".join(f"{o}x{i}" for o, i in sorted(kept))
+        _log.warning("FP8 (%s): %d block linears in FP8, %d stay in the run dtype: their shapes (out x in: %s) "
+                     "do not fit the FP8 GEMM", kernel, count, left, shapes)
+    else:
+        _log.info("FP8 (%s): all %d block linears in FP8", kernel, count)
     return count
+
+
+def fp8_linear_counts(net: nn.Module) -> dict[str, int]:
+    """{"fp8": block linears converted, "run_dtype": block linears left in the run dtype by the shape rule}."""
+    fp8 = run_dtype = 0
+    for block in net.blocks.values():
+        for sub in block.blocks:
+            fp8 += sum(isinstance(m, Fp8Layer) for m in sub.block.modules())
+            run_dtype += sum(1 for _ in _linears_in(sub.block))
+    return {"fp8": fp8, "run_dtype": run_dtype}
 
 
 def set_fp8_enabled(net: nn.Module, enabled: bool) -> None:

@@ -39,9 +39,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from cosmos_dist.choices import CP_IMPLS, TE_COMM_TYPES  # noqa: F401  (re-exported)
+from cosmos_dist import choices
 from cosmos_dist.config import ParallelConfig  # the one schema of the `parallel.*` keys
 from cosmos_dist.errors import ConfigError
+
+# The choice lists of parallel.cp_impl / parallel.te_comm_type, under the names this module has always had.
+CP_IMPLS = choices.CP_IMPLS
+TE_COMM_TYPES = choices.TE_COMM_TYPES
 
 # NCCL settings that are safe for inference jobs; only applied where the user has not set them.
 NCCL_ENV_DEFAULTS = {

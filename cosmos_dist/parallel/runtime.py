@@ -131,6 +131,15 @@ class DistributedRuntime:
         full = tokens if lay.cp_size == 1 else gather_tokens(tokens, lay.cp_group, self._ranges(self._num_tokens(tokens)))
         return full if lay.is_replica_leader else None
 
+    def sum_over_shards(self, t: torch.Tensor) -> torch.Tensor:
+        """`t` summed over the cp ranks of this replica (a statistic of the token shards, e.g. for a step-caching
+        decision that every cp rank must take alike); the same tensor on every cp rank."""
+        if self.layout.cp_size == 1:
+            return t
+        t = t.clone()
+        torch.distributed.all_reduce(t, group=self.layout.cp_group)
+        return t
+
     def _num_tokens(self, tokens: torch.Tensor) -> int:
         # Every cp rank holds its own range; the full length is the sum over the group.
         n = torch.tensor([tokens.shape[1]], device=tokens.device)
@@ -144,6 +153,12 @@ class DistributedRuntime:
         in a collective, so end the job (run_guarded reports the rank and the cause)."""
         if not isinstance(exc, CosmosDistError):
             raise exc
+
+    def guarded(self, fn: Callable[[], Any]) -> Any:
+        """fn() under the failure guard: a rank that fails or hangs ends the job with `rank R failed: cause`."""
+        from cosmos_dist.parallel.guard import run_guarded
+
+        return run_guarded(fn, self.layout)
 
     def describe(self) -> dict:
         d = self.layout.as_dict()

@@ -105,3 +105,20 @@ def _atomic_dir(final: Path, write) -> None:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def dit_preset(cfg):
+    """The DiT's architecture for this run: the model's preset, with model.rope_extrapolation when given."""
+    from cosmos_dist.models import get_preset
+
+    preset = get_preset(cfg.model.preset)
+    if cfg.model.rope_extrapolation is not None:
+        preset = preset.replace(rope_extrapolation=tuple(float(v) for v in cfg.model.rope_extrapolation))
+    return preset
+
+
+def check_dit_file(path: Path, cfg) -> None:
+    """A checkpoint of the wrong variant is refused from its index, before T5 (11B) loads."""
+    from cosmos_dist.checkpoint import check_checkpoint
+
+    check_checkpoint(path, dit_preset(cfg))
