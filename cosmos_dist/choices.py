@@ -27,7 +27,7 @@ ATTENTION_KERNELS = ("auto", "sdpa", "cudnn", "flash", "efficient", "fa3")
 FP8_ATTENTION_KERNELS = ("auto", "cudnn", "fa3", "triton", "te")
 #: precision.fp8_linear_kernel (cosmos_dist/models/fp8.py); auto = cublas
 FP8_LINEAR_KERNELS = ("auto", "cublas", "te")
-#: parallel.cp_impl: self-attention across the context-parallel group (cosmos_dist/attention/context_parallel.py)
+#: parallel.cp_impl: self-attention across the context-parallel group (cosmos_dist/parallel/context_parallel.py)
 CP_IMPLS = ("auto", "ulysses", "ring", "usp", "te")
 #: parallel.te_comm_type: Transformer Engine's cp_comm_type when cp_impl=te
 TE_COMM_TYPES = ("p2p", "a2a", "a2a+p2p", "all_gather")

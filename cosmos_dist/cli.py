@@ -21,20 +21,15 @@ import ast
 import difflib
 import importlib.util
 import io
-import os
 import sys
 from pathlib import Path
 from typing import Sequence
 
+from cosmos_dist.cli_util import is_rank_zero
 from cosmos_dist.configure import PROG, check_override_keys, config_dir
 from cosmos_dist.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ConfigError
 
 INTERRUPTED_LINE = "interrupted: stopped by Ctrl-C; finished samples are kept, a rerun continues with the rest"
-
-
-def is_rank_zero() -> bool:
-    """True outside torchrun and on its rank 0 (the rank that prints errors every rank shares)."""
-    return os.environ.get("RANK", "0") == "0"
 
 
 # ---- generate --------------------------------------------------------------------------------------

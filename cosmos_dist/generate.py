@@ -76,7 +76,7 @@ def use_sweep_folder(cfg) -> None:
 def run_cli(cfg) -> int:
     """Run one composed configuration; returns the exit code (cosmos_dist/errors.py): 0 everything done or
     skipped, 1 some sample failed, 2 a configuration or input error, 3 stopped before the share was finished."""
-    from cosmos_dist.cli import is_rank_zero
+    from cosmos_dist.cli_util import is_rank_zero
     from cosmos_dist.configure import check_config
 
     setup_logging(is_rank_zero(), cfg.get("log_level", "info"))

@@ -1,5 +1,6 @@
-"""A stand-in for the part of NVIDIA Transformer Engine's PyTorch API that cosmos_dist.models.fp8_te,
-cosmos_dist.attention.fp8_te and cp_impl=te use, for CPU tests of that wiring.
+"""A stand-in for the part of NVIDIA Transformer Engine's PyTorch API that cosmos_dist.kernels.te,
+cosmos_dist.models.fp8 (TeFp8Linear), cosmos_dist.attention.fp8_te and cp_impl=te use, for CPU tests of that
+wiring.
 
 Checked against the Python sources of Transformer Engine 2.20.2 (the transformer-engine-cu13 2.20.2 wheel,
 transformer_engine/...); it refuses what that release refuses and accepts what it accepts for every call
@@ -315,12 +316,12 @@ class FakeTransformerEngine:
         return self._active[-1] if self._active else None
 
     def install(self, monkeypatch) -> "FakeTransformerEngine":
-        from cosmos_dist.models import fp8_te
+        from cosmos_dist.kernels import te as te_support
 
         for name, module in self.modules.items():
             monkeypatch.setitem(sys.modules, name, module)
-        fp8_te._import.cache_clear()
-        monkeypatch.setattr(fp8_te, "_import", _uncached(fp8_te._import))
+        te_support._import.cache_clear()
+        monkeypatch.setattr(te_support, "_import", _uncached(te_support._import))
         return self
 
     def kinds(self) -> set[str]:

@@ -7,10 +7,12 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from cosmos_dist.attention.fp8 import _fp8_attention_reference, fp8_attention, fp8_attention_with_lse, quantize_heads
+from cosmos_dist.attention.fp8 import fp8_attention, fp8_attention_with_lse
+from cosmos_dist.attention.fp8_triton import fp8_attention_reference
+from cosmos_dist.kernels.fp8_numerics import E4M3_MAX, quantize_heads, quantize_rows
 from cosmos_dist.attention.local import attention_with_lse, sdpa_attention
 from cosmos_dist.models import build_dit, get_preset
-from cosmos_dist.models.fp8 import E4M3_MAX, Fp8Linear, convert_blocks_to_fp8, quantize_rows, set_fp8_enabled
+from cosmos_dist.models.fp8 import Fp8Linear, convert_blocks_to_fp8, set_fp8_enabled
 from cosmos_dist.parallel.testing import init_gloo, rel_err, spawn_ranks
 
 CUDA_FP8 = torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)
@@ -105,7 +107,7 @@ def test_triton_kernel_matches_emulation_on_gpu():
     for lq, lk in ((1000, 1000), (333, 517)):
         q, k, v = (t.cuda().bfloat16() for t in _peaked_qkv(1, lq, lk, 4, 128, lq))
         out, lse = fp8_attention_with_lse(q, k, v, kernel="triton")
-        emu, emu_lse = _fp8_attention_reference(q, k, v)
+        emu, emu_lse = fp8_attention_reference(q, k, v)
         exact = sdpa_attention(q.float(), k.float(), v.float())
         assert rel_err(out.float(), emu.float()) < 3e-2
         assert rel_err(out.float(), exact) < 8e-2
@@ -125,7 +127,7 @@ def test_cudnn_fp8_attention_on_gpu_is_near_exact_and_returns_the_lse():
 
     def check(out, lse, q, k, v):
         exact, exact_lse = attention_with_lse(q.float(), k.float(), v.float())
-        emu, emu_lse = _fp8_attention_reference(q, k, v)
+        emu, emu_lse = fp8_attention_reference(q, k, v)
         # per-tensor scales and an e4m3 output: a little further from exact than the per-head emulation
         assert rel_err(out.float(), exact) < 1.5 * rel_err(emu.float(), exact) + 2e-2
         assert (lse - exact_lse).abs().max() < 1.5 * (emu_lse - exact_lse).abs().max() + 2e-2
@@ -163,7 +165,7 @@ def test_fp8_attention_kernel_choice(monkeypatch):
     assert {fp8_mod.resolve_kernel(k, cpu) for k in ("auto", "cudnn", "triton")} == {"emulated"}
     with pytest.raises(ValueError, match="one of"):
         fp8_mod.resolve_kernel("flash", cpu)
-    monkeypatch.setattr(fp8_mod, "triton_available", lambda device: device.type == "cuda")
+    monkeypatch.setattr(fp8_mod.fp8_triton, "triton_available", lambda device: device.type == "cuda")
     for has_frontend, has_fa3, auto in ((True, True, "cudnn"), (False, True, "fa3"), (False, False, "triton")):
         monkeypatch.setattr(fp8_cudnn, "available", lambda device, h=has_frontend: h)
         monkeypatch.setattr(fa3, "available", lambda device, h=has_fa3: h)
@@ -176,7 +178,7 @@ def test_fp8_attention_kernel_choice(monkeypatch):
 
 
 def _ulysses_fp8_worker(rank: int, world: int):
-    from cosmos_dist.attention.context_parallel import make_self_attention
+    from cosmos_dist.parallel.context_parallel import make_self_attention
     from cosmos_dist.parallel.sharding import token_ranges
 
     init_gloo(rank, world)

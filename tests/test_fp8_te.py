@@ -15,13 +15,13 @@ from fake_transformer_engine import FakeTransformerEngine, quantize_tensor
 from cosmos_dist.attention.fp8 import fp8_attention, fp8_attention_with_lse, resolve_kernel
 from cosmos_dist.attention.local import sdpa_attention
 from cosmos_dist.errors import ConfigError
-from cosmos_dist.models import build_dit, fp8_te, get_preset
+from cosmos_dist.kernels import te as te_support
+from cosmos_dist.models import build_dit, get_preset
 from cosmos_dist.models import fp8 as fp8_mod
-from cosmos_dist.models.fp8 import Fp8Linear, convert_blocks_to_fp8, resolve_linear_kernel, set_fp8_enabled
-from cosmos_dist.models.fp8_te import TeFp8Linear
+from cosmos_dist.models.fp8 import Fp8Linear, TeFp8Linear, convert_blocks_to_fp8, resolve_linear_kernel, set_fp8_enabled
 from cosmos_dist.parallel.testing import rel_err
 
-TE_GPU = torch.cuda.is_available() and fp8_te.available(torch.device("cuda"))
+TE_GPU = torch.cuda.is_available() and te_support.available(torch.device("cuda"))
 
 
 @pytest.fixture
@@ -216,13 +216,13 @@ def test_te_fp8_attention_backend_by_gpu_and_install(monkeypatch, capability, fa
                 fp8_attention(q, q, q, kernel="te")  # what TE itself does at the first forward
         return
     assert fp8_attention_kernel(prec, gpu) == "te"
-    assert fp8_te.require_attention(gpu).startswith(backend)
+    assert te_support.require_attention(gpu).startswith(backend)
     out = fp8_attention(q, q, q, kernel="te")
     assert out.shape == q.shape and fake.backends() == {backend}
 
 
 def test_te_context_parallel_head_rules():
-    from cosmos_dist.attention.context_parallel import check_te_heads
+    from cosmos_dist.parallel.context_parallel import check_te_heads
 
     check_te_heads(3, "p2p", 1)
     check_te_heads(4, "a2a", 4)
@@ -247,7 +247,7 @@ def test_kernel_choice_and_its_errors(monkeypatch):
         resolve_linear_kernel("fbgemm", cpu)
     prec = PrecisionConfig(fp8_linear=True, fp8_linear_kernel="te")
     assert fp8_linear_kernel(PrecisionConfig(fp8_linear=False, fp8_linear_kernel="te"), gpu) is None
-    if fp8_te._import()[0] is None:  # this machine has no TE: the error says how to get it
+    if te_support._import()[0] is None:  # this machine has no TE: the error says how to get it
         with pytest.raises(ConfigError, match=r"precision.fp8_linear_kernel: Transformer Engine does not import.*"
                                               r"pip install cosmos-dist\[te\]"):
             fp8_linear_kernel(prec, gpu)
@@ -258,7 +258,7 @@ def test_kernel_choice_and_its_errors(monkeypatch):
         fp8_linear_kernel(prec, cpu)
     with pytest.raises(RuntimeError, match="fp8_attention_kernel=te needs a CUDA GPU"):
         resolve_kernel("te", cpu)
-    monkeypatch.setattr(fp8_te, "available", lambda device: True)
+    monkeypatch.setattr(te_support, "available", lambda device: True)
     assert fp8_linear_kernel(prec, gpu) == "te" and resolve_kernel("te", gpu) == "te"
     assert resolve_kernel("auto", cpu) == "emulated"  # auto never picks te
 
@@ -286,7 +286,7 @@ def test_pipeline_with_te_kernels_records_them_and_refuses_streaming(tmp_path, m
     from cosmos_dist.pipeline.runtime import SingleProcess
 
     fake = FakeTransformerEngine().install(monkeypatch)
-    monkeypatch.setattr(fp8_te, "available", lambda device: True)
+    monkeypatch.setattr(te_support, "available", lambda device: True)
     ckpt = tmp_path / "ckpt"
     latents = {}
     runs = {"fp32": (), "te": ("precision=fp8", "precision.fp8_linear_kernel=te", "precision.fp8_attention_kernel=te")}
@@ -328,7 +328,7 @@ def test_real_te_linear_and_attention_on_gpu():
     assert 1e-4 < rel_err(out.float(), ref.float()) < 6e-2
     assert rel_err(compiled.float(), out.float()) < 1e-2
     try:
-        fp8_te.require_attention(torch.device("cuda"))
+        te_support.require_attention(torch.device("cuda"))
     except RuntimeError as exc:
         pytest.skip(f"no TE FP8 attention backend here: {exc}")
     q, k, v = (torch.randn(2, 1024, 8, 128, generator=g).cuda().bfloat16() for _ in range(3))

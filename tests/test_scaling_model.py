@@ -83,7 +83,7 @@ def _real_rank(rank: int, world: int, out_dir: str) -> None:
     """The real 2-process step (cp=2 ulysses, cp=2 ring, cfg-parallel at cp=1); rank 0 saves what it saw."""
     import torch.distributed as dist
 
-    from cosmos_dist.attention.context_parallel import make_self_attention
+    from cosmos_dist.parallel.context_parallel import make_self_attention
     from cosmos_dist.parallel.cfg_parallel import exchange_branch_outputs
     from cosmos_dist.parallel.sharding import token_ranges
     from cosmos_dist.parallel.testing import init_gloo

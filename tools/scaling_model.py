@@ -6,7 +6,7 @@
 For each layout (world size, cp implementation ulysses / ring / usp, cfg-parallel off or on) this runs one
 guided step exactly as global rank 0 (cp rank 0, cfg rank 0) of that layout would: its token shard through the
 real model (`CosmosDiT.forward_tokens` via the pipeline's `GuidedDenoiser`) and the real context-parallel code
-(`cosmos_dist/attention/context_parallel.py`: the ulysses packing and local kernel, the ring steps and their
+(`cosmos_dist/parallel/context_parallel.py`: the ulysses packing and local kernel, the ring steps and their
 log-sum-exp merges, usp's ulysses-inside-ring). Every collective is answered by a `StandInGroup` that copies
 the same number of bytes locally (rank 0's own data stands in for its peers'), times that copy and records
 what the real collective would send and receive. Without cfg-parallel the step is one batch-2 pass (both
@@ -50,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchmark import SHAPES, Timer  # noqa: E402  (tools/benchmark.py: latent shapes, CUDA-event timings)
 
-from cosmos_dist.attention.context_parallel import (  # noqa: E402
+from cosmos_dist.parallel.context_parallel import (  # noqa: E402
     StandInGroup,
     ring_attention,
     ulysses_attention,

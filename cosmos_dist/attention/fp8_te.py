@@ -6,7 +6,7 @@ per tensor computed from the tensor, runs its FP8 attention and returns bf16. No
 1/sqrt(D), (B, L, H, D) in and out, as every local kernel here.
 
 Which kernel TE runs depends on the GPU (TE 2.20.2's backend filter, read in its sources; the rules and
-line numbers are in `cosmos_dist.models.fp8_te.attention_backend`):
+line numbers are in `cosmos_dist.kernels.te.attention_backend`):
 - Hopper (sm90): FlashAttention 3's FP8 forward, and only that: TE turns off its cuDNN FP8 attention
   under current scaling below sm100, and FlashAttention 3 while the module is in training mode (hence
   `.eval()`). FA3 must be installed where TE looks for it (the `flash-attn-3` package); without it the
@@ -26,7 +26,7 @@ import math
 import torch
 
 from cosmos_dist.errors import ConfigError
-from cosmos_dist.models import fp8_te
+from cosmos_dist.kernels import te as te_support
 
 NO_LSE = ("precision.fp8_attention_kernel=te: Transformer Engine's attention returns no log-sum-exp, which "
           "parallel.cp_impl={impl} needs to merge partial results; use parallel.cp_impl=ulysses, or "
@@ -41,10 +41,10 @@ class TeFp8Attention:
         self._built: dict = {}
 
     def _module_and_recipe(self, heads: int, head_dim: int, device: torch.device):
-        te, _ = fp8_te.import_te()
+        te, _ = te_support.import_te()
         key = (id(te), heads, head_dim, device)
         if key not in self._built:
-            recipe = fp8_te.current_scaling_recipe(attention=True)  # an old TE refuses here, with what to do
+            recipe = te_support.current_scaling_recipe(attention=True)  # an old TE refuses here, with what to do
             module = te.DotProductAttention(
                 heads, head_dim, attention_dropout=0.0, qkv_format="bshd", attn_mask_type="no_mask",
                 attention_type="self", softmax_scale=1.0 / math.sqrt(head_dim),
@@ -62,7 +62,7 @@ class TeFp8Attention:
         in_dtype = q.dtype
         dtype = in_dtype if in_dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
         q, k, v = (t.to(dtype).contiguous() for t in (q, k, v))
-        with torch.no_grad(), fp8_te.autocast(recipe):
+        with torch.no_grad(), te_support.autocast(recipe):
             out = module(q, k, v)
         return out.view(b, lq, h, d).to(in_dtype)  # TE returns (B, L, H * D) for bshd
 

@@ -2,7 +2,7 @@
 
 Every attention call in the DiT goes through a callable `attn(q, k, v) -> out` with tensors laid out
 as (batch, tokens, heads, head_dim) -- "bshd". The DiT never knows which kernel or which process
-group sits behind it; context-parallel wrappers (`cosmos_dist.attention.context_parallel`) take the
+group sits behind it; context-parallel wrappers (`cosmos_dist.parallel.context_parallel`) take the
 same shapes with a sequence shard instead of the whole sequence.
 
 The reference uses softmax scale 1/sqrt(head_dim), no mask, no dropout, for both self- and

@@ -100,13 +100,13 @@ class DistributedRuntime:
 
     def cp_impl_for(self, num_heads: int) -> str:
         """The context-parallel implementation self-attention will use (local, ulysses, ring, usp, te)."""
-        from cosmos_dist.attention.context_parallel import impl_for_layout
+        from cosmos_dist.parallel.context_parallel import impl_for_layout
 
         return impl_for_layout(self.layout, num_heads)
 
     def denoiser_options(self, parallel_cfg, grid=None, num_heads=None, local=None, lse_kernel=None) -> dict:
         """`local` / `lse_kernel`: the local attention kernels (default SDPA / cuDNN with LSE)."""
-        from cosmos_dist.attention.context_parallel import self_attention_for_layout
+        from cosmos_dist.parallel.context_parallel import self_attention_for_layout
 
         key = (tuple(grid), num_heads, local, lse_kernel)
         if key not in self._attention:

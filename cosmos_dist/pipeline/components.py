@@ -33,7 +33,7 @@ class TextEncoder:
     def check_prompt(self, prompt: str, allow_long: bool):
         from cosmos_dist.text import check_prompt
 
-        return check_prompt(prompt, self.encoder, allow_long=allow_long)
+        return check_prompt(prompt, self.encoder.tokenizer, allow_long=allow_long)
 
     def encode_one(self, prompt: str) -> torch.Tensor:
         emb, _ = self.encoder.encode([prompt])

@@ -1,5 +1,6 @@
-"""FP8 through NVIDIA Transformer Engine: `precision.fp8_linear_kernel=te` (and the checks behind
-`precision.fp8_attention_kernel=te`, whose module is cosmos_dist.attention.fp8_te).
+"""NVIDIA Transformer Engine for FP8: whether it imports, its backends, recipes and shape rule. Used by
+`precision.fp8_linear_kernel=te` (`TeFp8Linear` in cosmos_dist.models.fp8) and `precision.fp8_attention_kernel=te`
+(cosmos_dist.attention.fp8_te). A leaf: it imports no other module of cosmos_dist.
 
 The default FP8 linear (`Fp8Linear`, kernel `cublas`) calls cuBLASLt's FP8 GEMM through
 `torch._scaled_mm` with one scale per weight row and per token. With Transformer Engine installed
@@ -40,10 +41,6 @@ import functools
 import os
 
 import torch
-from torch import nn
-from torch.nn import functional as F
-
-from cosmos_dist.models.fp8 import Fp8Layer
 
 INSTALL_HINT = "pip install cosmos-dist[te] (transformer-engine[pytorch])"
 #: TE's FlashAttention 3: the `flash-attn-3` distribution with module `flash_attn_interface` (TE's own hint).
@@ -223,43 +220,3 @@ def autocast(recipe) -> contextlib.AbstractContextManager:
 def linear_fits(in_features: int, out_features: int) -> bool:
     """TE's FP8 GEMM takes this weight (out, in): out % 8 and in % 16 (its input then needs in % 16 too)."""
     return in_features % TE_COLS_MULTIPLE == 0 and out_features % TE_ROWS_MULTIPLE == 0
-
-
-class TeFp8Linear(Fp8Layer):
-    """A bias-free linear run by `te.Linear` in FP8; the original weight is copied into it (run dtype)."""
-
-    def __init__(self, linear: nn.Linear):
-        super().__init__()
-        te, _ = import_te()
-        w = linear.weight.detach()  # on the GPU: resolve_linear_kernel only picks "te" there
-        self.in_features, self.out_features = w.shape[1], w.shape[0]
-        if not linear_fits(self.in_features, self.out_features):
-            raise ValueError(f"Transformer Engine's FP8 GEMM needs in_features % 16 == 0 and out_features % 8 == 0; "
-                             f"got ({self.out_features}, {self.in_features})")
-        self.linear = te.Linear(self.in_features, self.out_features, bias=False, params_dtype=w.dtype,
-                                device=w.device)
-        with torch.no_grad():
-            self.linear.weight.copy_(w)
-        self.linear.weight.requires_grad_(False)
-        self.linear.eval()
-        self.recipe = current_scaling_recipe(attention=False)
-
-    def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, transformer_engine=True"
-
-    @torch.compiler.disable  # TE's compile path is not run here; compiled blocks call TE eagerly
-    def _fp8_forward(self, x2: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad(), autocast(self.recipe):
-            return self.linear(x2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lead = x.shape[:-1]
-        x2 = x.reshape(-1, self.in_features)
-        if not self.fp8_enabled:  # the high-precision steps take the bf16 weight directly
-            return F.linear(x2, self.linear.weight).reshape(*lead, self.out_features)
-        rows = x2.shape[0]
-        pad = -rows % TE_ROWS_MULTIPLE  # zero rows: the per-tensor amax, and so every real row, is unchanged
-        if pad:
-            x2 = F.pad(x2, (0, 0, 0, pad))
-        y = self._fp8_forward(x2.contiguous())[:rows]
-        return y.reshape(*lead, self.out_features)
