@@ -170,10 +170,10 @@ def test_rerun_skips_only_matching_samples(tmp_path):
 def test_nothing_valid_loads_nothing(tmp_path, monkeypatch):
     from cosmos_dist.pipeline.text2world import Text2WorldPipeline
 
-    def no_load(self, assets):
+    def no_load(self, assets=None):
         raise AssertionError("models loaded for a run with nothing valid")
 
-    monkeypatch.setattr(Text2WorldPipeline, "load_models", no_load)
+    monkeypatch.setattr(Text2WorldPipeline, "load", no_load)
     prompts = write_prompts(tmp_path / "p.jsonl", [{"prompt": "word " * 301}, {"prompt": "tok" * 700}])
     summary = _run(small_cfg(tmp_path / "ckpt", tmp_path / "out", f"prompts_file={prompts}"))
     assert len(summary.failed) == 2 and not summary.done

@@ -6,10 +6,12 @@ else `p-` + a hash of its fields). Each prompt makes one or more *samples*, one 
 * seeds: the line's `seeds` list, else the run's `seeds=[...]`, else `num_videos_per_prompt` seeds counted from
   the line's `seed` (else the run's `seed`): video 0 uses that seed itself, video n a seed derived from
   (seed, n) (`video_seed`), so `seed=2` after `seed=1` makes only new videos, and any one video is made again
-  alone with `seed=<its recorded seed>`.
+  alone with `seed=<its recorded seed>`. Seeds, seed lists and counts are checked by the configuration's rules
+  (config.check_seed / check_seed_list / check_num_videos), the same on the command line and in a prompts file.
 * sample id: `{prompt_id}_s{seed}_{settings}`, where `settings` is 8 hex digits of the SHA-256 of the run's
   generation settings: the values of the config paths in `GENERATION_KEYS` (model, steps, guidance, sampler,
-  frames, size, fps, precision, negative prompt, Video2World input options, upsampler, guardrail, encoder).
+  frames, size, fps, precision, negative prompt, Video2World input options and condition replacement, upsampler,
+  guardrail, encoder) and step caching when it can reuse a step (`cache`: a threshold above 0).
   A sweep into one tree keeps every combination side by side; a rerun or a Slurm requeue with the same settings
   finds the same ids and skips what is done.
 
@@ -26,20 +28,17 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
-
-from cosmos_dist.errors import InputError
-
-SEED_LIMIT = 2**63
-#: Largest num_videos_per_prompt / seeds list: a typo (num_videos_per_prompt=1000000) must not expand a
-#: million-line file into a trillion samples before anything is checked.
-MAX_VIDEOS_PER_PROMPT = 1000
+from typing import Any, Mapping
 
 _ABSENT = object()
 
 #: Config paths whose values change the video, each with the value that means "as before this key existed"
 #: (_ABSENT: always part of the hash). A new setting that changes the output is added HERE, with the value that
-#: keeps today's behaviour, so samples made before it keep their ids: e.g. ("cache.enabled", False).
+#: keeps today's behaviour, so samples made before it keep their ids: e.g. ("condition_replacement", "intended").
+#: Settings whose effect depends on another one are derived in `_effective_cache` instead (step caching).
+#: Left out on purpose: how the work is spread and scheduled (parallel.*, offload.*, precision.compile, the
+#: tokenizer's chunk sizes), which gives the same video; progress / logging; the keyword guardrail's lists, which
+#: decide whether a video is kept, not what it is.
 GENERATION_KEYS: tuple[tuple[str, Any], ...] = (
     ("model.preset", _ABSENT),
     ("model.dit_dir", _ABSENT),
@@ -71,6 +70,8 @@ GENERATION_KEYS: tuple[tuple[str, Any], ...] = (
     ("input_path", _ABSENT),
     ("num_input_frames", _ABSENT),
     ("resize_mode", _ABSENT),
+    # Video2World's condition frames (Text2World refuses anything but the default): `reference` changes the video
+    ("condition_replacement", "intended"),
     ("upsampler.enabled", _ABSENT),
     ("upsampler.model_dir", _ABSENT),
     ("upsampler.max_new_tokens", _ABSENT),
@@ -108,14 +109,35 @@ def _lookup(cfg: Any, path: str) -> Any:
     return _plain(node)
 
 
+def _effective_cache(cfg: Any) -> dict[str, Any] | None:
+    """Step caching's settings when it can change the video, else None. A policy at threshold 0 never reuses a
+    step (its video is bit-identical to cache=none), so it keeps the uncached ids; any reuse changes the video,
+    and so does every key that decides which steps are reused."""
+    policy = _lookup(cfg, "cache.policy")
+    threshold = _lookup(cfg, "cache.threshold")
+    if policy in (_ABSENT, None, "none") or threshold is _ABSENT or not float(threshold) > 0:
+        return None
+    out = {"policy": policy, "threshold": float(threshold)}
+    reuse = _lookup(cfg, "cache.max_consecutive_reuse")
+    out["max_consecutive_reuse"] = 0 if reuse in (_ABSENT, None) else int(reuse)
+    if policy == "teacache":  # the polynomial rescales only TeaCache's statistic
+        coefficients = _lookup(cfg, "cache.coefficients")
+        out["coefficients"] = None if coefficients is _ABSENT else [float(c) for c in coefficients]
+    return out
+
+
 def generation_settings(cfg: Any) -> dict[str, Any]:
-    """{config path: value} of every GENERATION_KEYS entry the run sets to other than its neutral value."""
+    """{config path: value} of every GENERATION_KEYS entry the run sets to other than its neutral value, plus the
+    derived ones (`cache`: step caching that can change the video)."""
     out: dict[str, Any] = {}
     for path, neutral in GENERATION_KEYS:
         value = _lookup(cfg, path)
         if value is _ABSENT or (neutral is not _ABSENT and value == neutral):
             continue
         out[path] = value
+    cache = _effective_cache(cfg)
+    if cache is not None:
+        out["cache"] = cache
     return out
 
 
@@ -135,33 +157,6 @@ def video_seed(base_seed: int, index: int) -> int:
         return int(base_seed)
     digest = hashlib.sha256(f"cosmos-dist/video-seed/{int(base_seed)}/{int(index)}".encode()).digest()
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
-
-
-def check_seed(value: Any, what: str = "seed") -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InputError(f"{what} must be an integer; got {value!r}")
-    if not 0 <= value < SEED_LIMIT:
-        raise InputError(f"{what} must be in [0, 2**63); got {value}")
-    return value
-
-
-def check_seed_list(values: Any, what: str = "seeds") -> list[int]:
-    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
-        raise InputError(f"{what} must be a list of integers; got {values!r}")
-    seeds = [check_seed(v, f"{what} entry") for v in list(values)[: MAX_VIDEOS_PER_PROMPT + 1]]
-    if not seeds:
-        raise InputError(f"{what} is empty; give at least one seed")
-    if len(seeds) > MAX_VIDEOS_PER_PROMPT:
-        raise InputError(f"{what} has more than {MAX_VIDEOS_PER_PROMPT} seeds")
-    if len(set(seeds)) != len(seeds):
-        raise InputError(f"{what} repeats a seed: {seeds}; each seed is one video")
-    return seeds
-
-
-def check_num_videos(value: Any, what: str = "num_videos_per_prompt") -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_VIDEOS_PER_PROMPT:
-        raise InputError(f"{what} must be an integer in 1..{MAX_VIDEOS_PER_PROMPT}; got {value!r}")
-    return value
 
 
 def seeds_for(line_seed: int | None, line_seeds: list[int] | None, line_num_videos: int | None,

@@ -25,10 +25,11 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from cosmos_dist.choices import OUTPUT_LAYOUTS
 from cosmos_dist.errors import ConfigError
 
-LAYOUTS = ("flat", "sharded")
-LAYOUT_SETTINGS = ("auto", *LAYOUTS)
+LAYOUT_SETTINGS = OUTPUT_LAYOUTS  # what output_layout= accepts
+LAYOUTS = tuple(x for x in OUTPUT_LAYOUTS if x != "auto")  # what a tree can be
 LAYOUT_FILE = ".layout.json"
 FANOUT_HEX = 2  # hex digits per folder level: 256 folders a level
 LEVELS = 2

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from cosmos_dist.errors import InputError
-from cosmos_dist.io.identity import SEED_LIMIT, check_num_videos, check_seed_list
+from cosmos_dist.config import check_num_videos, check_seed, check_seed_list
+from cosmos_dist.errors import ConfigError, InputError
 
 ID_MAX_LEN = 128
 _SAFE_ID = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]*")
@@ -119,10 +119,7 @@ def _check_fields(obj: Mapping[str, Any]) -> tuple[str, str | None, int | None, 
         _check_text(negative, "negative_prompt")
     seed = obj.get("seed")
     if seed is not None:
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise InputError(f'"seed" must be an integer; got {seed!r}')
-        if not 0 <= seed < SEED_LIMIT:
-            raise InputError(f'"seed" must be in [0, 2**63); got {seed}')
+        check_seed(seed, '"seed"')  # the command line's rule (ConfigError: this line's failure)
     extra = {k: v for k, v in obj.items() if k not in _KNOWN_KEYS}
     try:
         _canonical(extra)  # the id is derived from it: any value that cannot be written is this line's error
@@ -218,7 +215,7 @@ def _parse_line(number: int, raw: bytes, ids: "_IdAllocator") -> PromptItem | Ba
             sid = ids.explicit(check_sample_id(obj["id"]))
         else:
             sid = ids.derived(derive_sample_id(prompt, negative, seed, extra))
-    except InputError as err:
+    except (InputError, ConfigError) as err:
         return BadLine(number, str(err))
     return PromptItem(number, sid, prompt, negative, seed, extra, seeds=seeds, num_videos=num_videos)
 

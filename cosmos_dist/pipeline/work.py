@@ -16,16 +16,9 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from cosmos_dist.errors import ConfigError, InputError
-from cosmos_dist.io.identity import (
-    SampleIdentity,
-    check_num_videos,
-    check_seed,
-    check_seed_list,
-    generation_settings,
-    seeds_for,
-    settings_hash,
-)
+from cosmos_dist.config import check_num_videos, check_seed, check_seed_list
+from cosmos_dist.errors import ConfigError
+from cosmos_dist.io.identity import SampleIdentity, generation_settings, seeds_for, settings_hash
 from cosmos_dist.io.paths import resolve_layout, sample_paths
 from cosmos_dist.io.prompts import BadLine, PromptItem, read_prompts_file, single_prompt_item
 
@@ -54,13 +47,10 @@ def _get(cfg, key: str, default):
 
 def _run_seeds(cfg) -> tuple[int, list[int] | None, int]:
     """The run's seed, seeds list and videos per prompt (command line / config), checked."""
-    try:
-        seed = check_seed(_get(cfg, "seed", 1), "seed")
-        seeds = _get(cfg, "seeds", None)
-        seeds = check_seed_list(list(seeds), "seeds") if seeds else None
-        num = check_num_videos(_get(cfg, "num_videos_per_prompt", 1))
-    except InputError as exc:
-        raise ConfigError(str(exc)) from None
+    seed = check_seed(_get(cfg, "seed", 1), "seed")
+    seeds = _get(cfg, "seeds", None)
+    seeds = check_seed_list(list(seeds), "seeds") if seeds else None
+    num = check_num_videos(_get(cfg, "num_videos_per_prompt", 1))
     return seed, seeds, num
 
 
@@ -76,6 +66,16 @@ def expand_prompt(item: PromptItem, cfg, settings: dict, digest: str) -> list[Pr
                                settings_digest=digest, prompt=item.prompt, negative_prompt=negative)
         out.append(replace(item, sample_id=ident.sample_id, seed=seed, prompt_id=item.sample_id, identity=ident))
     return out
+
+
+def api_samples(item: PromptItem, cfg, input_sha256: str | None = None) -> list[PromptItem]:
+    """The samples of one Python API prompt, under the ids a run with `cfg` gives them (so `GeneratedVideo.save`
+    into a run's tree is found finished by the run); `input_sha256`: Video2World's input content hash."""
+    settings = generation_settings(cfg)
+    samples = expand_prompt(item, cfg, settings, settings_hash(settings))
+    if input_sha256 is None:
+        return samples
+    return [replace(s, identity=replace(s.identity, input_sha256=input_sha256)) for s in samples]
 
 
 def _is_video2world(cfg) -> bool:
@@ -119,20 +119,15 @@ RUN_KEYS = ("prompts_file", "output_dir", "num_shards", "shard_index")
 
 
 def compose_run_config(overrides: list[str], prompts_file: str, output_dir: str, num_shards: int):
-    """A run's configuration as generate.py composes it from its Hydra `overrides`, for the status tools: the
+    """A run's configuration as the command line composes it from its Hydra `overrides`, for the status tools: the
     sample ids depend on its generation settings, seeds and videos per prompt. ConfigError when they do not
     compose (the run itself would have refused them)."""
-    from hydra import compose, initialize_config_dir
+    from cosmos_dist.configure import compose_config
 
-    from cosmos_dist.config import register_configs
-
-    register_configs()
     keep = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in RUN_KEYS]
     run = [f"prompts_file={prompts_file}", f"output_dir={output_dir}", f"num_shards={num_shards}"]
-    conf = Path(__file__).resolve().parents[2] / "conf"
     try:
-        with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-            return compose(config_name="generate", overrides=[*keep, *run])
+        return compose_config([*keep, *run])
     except Exception as exc:  # noqa: BLE001 - Hydra's many error types: one line
         raise ConfigError(f"the run's overrides {' '.join(keep)!r} do not compose ({' '.join(str(exc).split())}); "
                           "give the run's overrides after `--`") from None
