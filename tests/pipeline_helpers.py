@@ -51,7 +51,7 @@ def prompt_ids(sample_ids) -> list[str]:
 
 
 class Recorder:
-    """Records stage events of a pipeline: ("guard_text", prompt), ("encode", prompt), ("sample", id),
+    """Records stage events of a pipeline: ("guard_text", prompt), ("encode", prompt), ("sample", prompt id),
     ("decode", -), ("guard_video", -), plus the residency moves, in order."""
 
     def __init__(self):
@@ -65,7 +65,7 @@ def recording_pipeline(cfg, recorder: Recorder, monkeypatch, provider_factory=No
     real_sample = getattr(denoiser.sample_latent, "_unrecorded", denoiser.sample_latent)
 
     def sample(**kw):
-        recorder.events.append(("sample", kw["sample_id"]))
+        recorder.events.append(("sample", prompt_id(kw["sample_id"])))  # the prompt's id, as the tests name it
         return real_sample(**kw)
 
     sample._unrecorded = real_sample

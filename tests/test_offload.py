@@ -9,7 +9,7 @@ from torch import nn
 from cosmos_dist.config import OFFLOAD_LEVELS, validate_config
 from cosmos_dist.errors import ConfigError
 from cosmos_dist.pipeline.residency import Residency, offloaded_components
-from pipeline_helpers import prompt_ids, Recorder, compose, manifest_by_id, recording_pipeline, small_cfg, write_prompts
+from pipeline_helpers import prompt_id, prompt_ids, Recorder, compose, manifest_by_id, recording_pipeline, small_cfg, write_prompts
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +171,7 @@ def test_failure_in_one_sample_does_not_stop_the_chunk(ckpt, tmp_path, monkeypat
     real = denoiser.sample_latent
 
     def flaky(**kw):
-        if kw["sample_id"] == "two":
+        if prompt_id(kw["sample_id"]) == "two":
             raise RuntimeError("simulated device error")
         return real(**kw)
 
