@@ -99,6 +99,26 @@ def test_settings_hash_ignores_unset_future_keys():
     assert settings_hash(s) == settings_hash(dict(s))
 
 
+def test_settings_that_change_the_video_change_the_id():
+    t2w = ("model=tiny_text2world", "prompt=x")
+    plain = generation_settings(compose(*t2w))
+    # step caching changes the video only when it can reuse a step: threshold 0 keeps the uncached ids
+    for off in (("cache=none",), ("cache=teacache", "cache.threshold=0"), ("cache=fbcache", "cache.threshold=0")):
+        assert generation_settings(compose(*t2w, *off)) == plain
+    tea = generation_settings(compose(*t2w, "cache=teacache"))["cache"]
+    assert tea["policy"] == "teacache" and tea["threshold"] == 0.3 and len(tea["coefficients"]) == 5
+    fb = generation_settings(compose(*t2w, "cache=fbcache", "cache.max_consecutive_reuse=2"))["cache"]
+    assert fb == {"policy": "fbcache", "threshold": 0.1, "max_consecutive_reuse": 2}  # no TeaCache polynomial
+    hashes = {settings_hash(generation_settings(compose(*t2w, *o))) for o in [
+        (), ("cache=teacache",), ("cache=teacache", "cache.threshold=0.4"), ("cache=fbcache",),
+        ("cache=teacache", "cache.max_consecutive_reuse=1"), ("sampler=res",), ("sampler=res", "sampler.rho=5")]}
+    assert len(hashes) == 7
+    # Video2World: the reference's condition replacement makes another video; the default keeps the old ids
+    v2w = ("model=tiny_video2world", "prompt=x", "input_path=in.png")
+    assert "condition_replacement" not in generation_settings(compose(*v2w))
+    assert generation_settings(compose(*v2w, "condition_replacement=reference"))["condition_replacement"] == "reference"
+
+
 @pytest.mark.parametrize("override", ["num_videos_per_prompt=0", "seeds=[1,1]", "seed=-1", "output_layout=deep",
                                       "seeds=[1,2]"])
 def test_bad_run_keys_are_refused(override, tmp_path):
@@ -179,3 +199,37 @@ def test_nothing_valid_loads_nothing(tmp_path, monkeypatch):
     assert len(summary.failed) == 2 and not summary.done
     reasons = [e["reason"] for e in manifest_by_id(tmp_path / "out").values()]
     assert any("301 words" in r for r in reasons) and any("T5 tokens" in r for r in reasons)
+
+
+def test_rerun_with_another_cache_setting_is_not_skipped(tmp_path):
+    ckpt, out = tmp_path / "ckpt", tmp_path / "out"
+    prompts = write_prompts(tmp_path / "p.jsonl", [{"prompt": "a red ball", "id": "ball"}])
+    run = lambda *o: _run(small_cfg(ckpt, out, f"prompts_file={prompts}", *o))  # noqa: E731
+    assert len(run().done) == 1
+    cached = run("cache=fbcache", "cache.threshold=0.5")  # may reuse steps: another video, another id
+    assert len(cached.done) == 1 and not cached.skipped
+    assert len(run("cache=teacache", "cache.threshold=0").skipped) == 1  # never reuses: the uncached video
+    sides = {p.stem: json.loads(p.read_text()) for p in out.glob("ball_s1_*.json")}
+    assert len(sides) == 2
+    (cached_rec,) = [r for r in sides.values() if "cache" in r["identity"]["fingerprint"]["settings"]]
+    assert cached_rec["identity"]["fingerprint"]["settings"]["cache"]["policy"] == "fbcache"
+
+
+def test_python_api_saves_under_the_runs_ids(tmp_path):
+    """A video made through the Python API and saved into a run's tree is that run's finished sample."""
+    from cosmos_dist.pipeline.runtime import SingleProcess
+    from cosmos_dist.pipeline.text2world import Text2WorldPipeline
+
+    ckpt, out = tmp_path / "ckpt", tmp_path / "out"
+    prompts = write_prompts(tmp_path / "p.jsonl", [{"prompt": "a red ball"}])
+    cfg = small_cfg(ckpt, out, f"prompts_file={prompts}", "output_layout=sharded")
+    pipe = Text2WorldPipeline(cfg, SingleProcess())
+    (video,) = collect_work(cfg).items
+    pipe.load()
+    (made,) = pipe("a red ball")
+    assert made.sample_id == video.sample_id and made.metadata["identity"]["prompt_id"] == video.prompt_id
+    record_layout(out, "sharded")
+    mp4 = made.save(out)
+    assert mp4 == sample_paths(out, made.sample_id, "sharded").video and mp4.is_file()
+    summary = pipe.run()
+    assert summary.skipped == [made.sample_id] and not summary.done
