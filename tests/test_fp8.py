@@ -224,9 +224,10 @@ def test_pipeline_precision_fp8_with_high_precision_steps_and_offload(tmp_path, 
         out = tmp_path / name
         cfg = small_cfg(ckpt, out, "prompt=a red ball", "name=s", "save_latents=true", "offload=dit", "device=cpu", *extra)
         summary = recording_pipeline(cfg, Recorder(), monkeypatch).run()
-        assert summary.done == ["s"] and not summary.failed
-        latents[name] = torch.load(out / "s.latent.pt")
-        side = json.loads((out / "s.json").read_text())
+        assert [d.split("_s")[0] for d in summary.done] == ["s"] and not summary.failed  # {id}_s{seed}_{settings}
+        sid = summary.done[0]
+        latents[name] = torch.load(out / f"{sid}.latent.pt")
+        side = json.loads((out / f"{sid}.json").read_text())
         if name != "fp32":
             assert side["precision"]["dit_fp8"]["linear"] and side["precision"]["dit_fp8"]["attention"]
             assert side["precision"]["dit_fp8"]["attention_kernel"] == "emulated"

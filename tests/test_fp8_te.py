@@ -295,10 +295,11 @@ def test_pipeline_with_te_kernels_records_them_and_refuses_streaming(tmp_path, m
         cfg = small_cfg(ckpt, out, "prompt=a red ball", "name=s", "save_latents=true", "device=cpu",
                         "height=64", "width=64", *extra)  # 2 x 4 x 4 patches: FP8-sized token counts
         summary = recording_pipeline(cfg, Recorder(), monkeypatch).run()
-        assert summary.done == ["s"] and not summary.failed
-        latents[name] = torch.load(out / "s.latent.pt")
+        assert [d.split("_s")[0] for d in summary.done] == ["s"] and not summary.failed  # {id}_s{seed}_{settings}
+        sid = summary.done[0]
+        latents[name] = torch.load(out / f"{sid}.latent.pt")
         if name == "te":
-            fp8 = json.loads((out / "s.json").read_text())["precision"]["dit_fp8"]
+            fp8 = json.loads((out / f"{sid}.json").read_text())["precision"]["dit_fp8"]
             assert fp8["linear_kernel"] == "te" and fp8["attention_kernel"] == "te"
             assert fp8["linear_layers"] == {"fp8": 20, "run_dtype": 0}  # tiny: 2 blocks x 10, every shape fits
     assert fake.kinds() == {"Linear", "DotProductAttention"}

@@ -95,8 +95,9 @@ def test_generate_from_an_empty_directory(venv, tmp_path):
     proc = run(venv, "cosmos-dist", "generate", "model=tiny_text2world", "prompt=a red ball rolls on a wooden floor",
                "name=ball", "height=32", "width=48", "num_frames=9", "num_steps=2", cwd=work)
     assert proc.returncode == 0, proc.stderr
-    assert (work / "outputs" / "ball.mp4").stat().st_size > 0
-    assert (work / "outputs" / "ball.json").is_file() and (work / "outputs" / "manifest.jsonl").is_file()
+    (mp4,) = (work / "outputs").glob("ball_s1_*.mp4")  # {name}_s{seed}_{settings}
+    assert mp4.stat().st_size > 0
+    assert mp4.with_suffix(".json").is_file() and (work / "outputs" / "manifest.jsonl").is_file()
     # the tiny preset's random checkpoints land under ./checkpoints; nothing is written beside the package
     assert (work / "checkpoints" / "tiny-random").is_dir()
     assert sorted(p.name for p in work.iterdir()) == ["checkpoints", "outputs"]
