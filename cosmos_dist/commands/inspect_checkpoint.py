@@ -32,8 +32,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="validate against this preset instead of the detected variant")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     ap.add_argument("--allow-unsafe-pickle", action="store_true",
-                    help="unpickle objects a weights-only load refuses (old TE io.BytesIO extra state); "
-                         "only for files you trust")
+                    help="accept the one benign pickled form of the released files: old Transformer Engine "
+                         "io.BytesIO extra state (the load stays weights-only; any other pickled object is refused)")
+    ap.add_argument("--trust-file", action="store_true",
+                    help="I trust this file: unpickle it fully (weights_only=False), whatever it holds. Unpickling "
+                         "can run code from the file; only for a file you made yourself")
     return ap.parse_args(argv)
 
 
@@ -72,7 +75,7 @@ def _text(info: dict) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     model = get_preset(args.model) if args.model else None
-    info = inspect_checkpoint(args.path, model, args.allow_unsafe_pickle)
+    info = inspect_checkpoint(args.path, model, args.allow_unsafe_pickle, args.trust_file)
     print(json.dumps(info, indent=2) if args.json else _text(info))
     return 0 if info["valid"] else 1
 
