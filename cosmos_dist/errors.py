@@ -20,3 +20,8 @@ class CheckpointError(CosmosDistError):
 
 class InputError(CosmosDistError, ValueError):
     """A prompt, prompts-file line or conditioning input is invalid."""
+
+
+#: Exit code of a run that stopped before its work was done for a reason outside the samples: a lost or hung
+#: rank, a failed collective, a stop signal. Nothing is recorded failed; resubmitting the run makes what is left.
+EXIT_INTERRUPTED = 130

@@ -61,6 +61,8 @@ class ChunkedRun:
 
     # ---- bookkeeping ------------------------------------------------------------------------------
     def _fail(self, s: Sample, exc: BaseException | str, manifest, summary, *, raise_for_layout: bool = True) -> None:
+        if raise_for_layout and isinstance(exc, BaseException) and getattr(self.layout, "ends_job", bool)(exc):
+            self.layout.interrupt(exc, manifest, s.item)  # a lost rank / collective: recorded interrupted; raises
         reason = exc if isinstance(exc, str) else _reason(exc)
         if isinstance(exc, BaseException) and not isinstance(exc, CosmosDistError):
             log.error("sample %s failed:\n%s", s.item.sample_id, "".join(traceback.format_exception(exc)))
