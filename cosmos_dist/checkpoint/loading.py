@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from cosmos_dist.checkpoint.finite import nonfinite_tensors, nonfinite_weights_message
 from cosmos_dist.checkpoint.readers import (
     EXTRA_STATE,
     IGNORED,
@@ -152,6 +153,9 @@ def load_dit(
                 continue
             # One tensor at a time: read (a page-cache view for mmapped .pt), cast, move.
             state[key[len(NET_PREFIX) :]] = reader.tensor(key).to(device=device, dtype=dtype)
+        bad = nonfinite_tensors((NET_PREFIX + k, t) for k, t in state.items())  # cheap on the device; see finite.py
+        if bad:
+            raise CheckpointError(nonfinite_weights_message(path, bad, dtype))
         _materialize_buffers(net, state, device, dtype)
         net.load_state_dict(state, strict=True, assign=True)
         del state

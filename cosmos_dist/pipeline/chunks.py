@@ -25,6 +25,7 @@ from typing import Any, Optional
 
 import torch
 
+from cosmos_dist.checkpoint.finite import check_finite_latent
 from cosmos_dist.errors import CosmosDistError
 from cosmos_dist.pipeline.residency import uses
 
@@ -61,7 +62,7 @@ class ChunkedRun:
 
     # ---- bookkeeping ------------------------------------------------------------------------------
     def _fail(self, s: Sample, exc: BaseException | str, manifest, summary, *, raise_for_layout: bool = True) -> None:
-        if raise_for_layout and isinstance(exc, BaseException) and getattr(self.layout, "ends_job", bool)(exc):
+        if raise_for_layout and isinstance(exc, BaseException) and getattr(self.layout, "ends_job", lambda e: False)(exc):
             self.layout.interrupt(exc, manifest, s.item)  # a lost rank / collective: recorded interrupted; raises
         reason = exc if isinstance(exc, str) else _reason(exc)
         if isinstance(exc, BaseException) and not isinstance(exc, CosmosDistError):
@@ -225,6 +226,7 @@ class ChunkedRun:
                 t0 = time.perf_counter()
                 try:
                     s.latent = stages.sample_latent(self, s.item.sample_id, s.seed, s.cond, s.uncond, s.condition)
+                    check_finite_latent(s.latent, getattr(self, "net", None))  # NaN/inf: the sample fails
                 except Exception as exc:
                     self._fail(s, exc, manifest, summary)
                     continue
