@@ -22,6 +22,14 @@ class InputError(CosmosDistError, ValueError):
     """A prompt, prompts-file line or conditioning input is invalid."""
 
 
-#: Exit code of a run that stopped before its work was done for a reason outside the samples: a lost or hung
-#: rank, a failed collective, a stop signal. Nothing is recorded failed; resubmitting the run makes what is left.
-EXIT_INTERRUPTED = 130
+# ---- exit codes of `cosmos-dist generate` (and generate.py); README "Exit codes" --------------------------
+#: every sample of the run's share is done, skipped as already done, or blocked by the guardrails
+EXIT_OK = 0
+#: the run went through its share but some samples failed (reasons in manifest.jsonl)
+EXIT_SAMPLES_FAILED = 1
+#: a configuration or input error stopped the run before it started (one `error:` line says which and how to fix it)
+EXIT_USAGE = 2
+#: stopped before its share was finished (Ctrl-C, SIGTERM, Slurm's USR1 warning or the stop file, or under torchrun
+#: a lost or hung rank or a failed collective): nothing is recorded failed, a rerun continues; `cosmos-dist
+#: shard-status` exits with the same code while samples are pending
+EXIT_INTERRUPTED = 3

@@ -4,7 +4,6 @@ write the files of an imagined repository (or raise the hub's own error types)."
 from __future__ import annotations
 
 import fnmatch
-import importlib.util
 import io
 import json
 import subprocess
@@ -160,10 +159,13 @@ def test_plan_matches_what_the_pipeline_reads(tmp_path):
     """The 7B / 14B model configs point at the folders the plan fills."""
     from omegaconf import OmegaConf
 
+    from cosmos_dist.config import ModelConfig
+
     plan = dl.build_plan(["7B", "14B"], ["Text2World"], tmp_path)
     dirs = {t.local_dir for t in plan}
     for name in ("7b_text2world", "14b_text2world"):
-        m = OmegaConf.load(ROOT / "conf" / "model" / f"{name}.yaml")
+        # The YAML holds only what differs from the schema (config.ModelConfig): read it merged, as a run does.
+        m = OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(ROOT / "conf" / "model" / f"{name}.yaml"))
         for key in ("dit_dir", "tokenizer_dir", "text_encoder_dir"):
             assert tmp_path / m[key] in dirs, (name, key)
 

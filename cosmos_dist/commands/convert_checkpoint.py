@@ -18,8 +18,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 from cosmos_dist.checkpoint import convert_checkpoint
 from cosmos_dist.cli_util import run_tool

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from cosmos_dist.checkpoint import inspect_checkpoint
 from cosmos_dist.cli_util import human_size, run_tool
@@ -62,7 +61,7 @@ def _text(info: dict) -> str:
         )
     lines += [
         f"parameters   {info['parameters']:,}",
-        f"dtypes       " + (", ".join(f"{d}: {n}" for d, n in sorted(info["dtypes"].items())) or "-"),
+        "dtypes       " + (", ".join(f"{d}: {n}" for d, n in sorted(info["dtypes"].items())) or "-"),
         f"keys         {k['total']} = network {k['network']} + extra_state {k['extra_state']} "
         f"+ logvar {k['logvar']} + ignored {k['ignored']}",
     ]

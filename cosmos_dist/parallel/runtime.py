@@ -43,13 +43,7 @@ class DistributedRuntime:
 
     @classmethod
     def create(cls, parallel_cfg) -> "DistributedRuntime":
-        pcfg = ParallelConfig(
-            cp_size=int(parallel_cfg.cp_size),
-            cp_impl=str(parallel_cfg.cp_impl),
-            cfg_parallel=bool(parallel_cfg.cfg_parallel),
-            timeout_s=float(parallel_cfg.timeout_s),
-        )
-        return cls(init_layout(pcfg))
+        return cls(init_layout(ParallelConfig.from_node(parallel_cfg)))  # every parallel.* key
 
     # ---- roles ---------------------------------------------------------------------------------
     @property
@@ -120,13 +114,13 @@ class DistributedRuntime:
 
     def cp_impl_for(self, num_heads: int) -> str:
         """The context-parallel implementation self-attention will use (local, ulysses, ring, usp, te)."""
-        from cosmos_dist.attention.context_parallel import impl_for_layout
+        from cosmos_dist.parallel.context_parallel import impl_for_layout
 
         return impl_for_layout(self.layout, num_heads)
 
     def denoiser_options(self, parallel_cfg, grid=None, num_heads=None, local=None, lse_kernel=None) -> dict:
         """`local` / `lse_kernel`: the local attention kernels (default SDPA / cuDNN with LSE)."""
-        from cosmos_dist.attention.context_parallel import self_attention_for_layout
+        from cosmos_dist.parallel.context_parallel import self_attention_for_layout
 
         key = (tuple(grid), num_heads, local, lse_kernel)
         if key not in self._attention:
@@ -150,6 +144,15 @@ class DistributedRuntime:
         lay = self.layout
         full = tokens if lay.cp_size == 1 else gather_tokens(tokens, lay.cp_group, self._ranges(self._num_tokens(tokens)))
         return full if lay.is_replica_leader else None
+
+    def sum_over_shards(self, t: torch.Tensor) -> torch.Tensor:
+        """`t` summed over the cp ranks of this replica (a statistic of the token shards, e.g. for a step-caching
+        decision that every cp rank must take alike); the same tensor on every cp rank."""
+        if self.layout.cp_size == 1:
+            return t
+        t = t.clone()
+        torch.distributed.all_reduce(t, group=self.layout.cp_group)
+        return t
 
     def _num_tokens(self, tokens: torch.Tensor) -> int:
         # Every cp rank holds its own range; the full length is the sum over the group.
@@ -181,6 +184,12 @@ class DistributedRuntime:
         """Called after a sample failed: raise `exc` again when it ends the job (see ends_job)."""
         if self.ends_job(exc):
             raise exc
+
+    def guarded(self, fn: Callable[[], Any]) -> Any:
+        """fn() under the failure guard: a rank that fails or hangs ends the job with `rank R failed: cause`."""
+        from cosmos_dist.parallel.guard import run_guarded
+
+        return run_guarded(fn, self.layout)
 
     def describe(self) -> dict:
         d = self.layout.as_dict()

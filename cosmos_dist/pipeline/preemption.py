@@ -99,7 +99,7 @@ def term_grace_s() -> float:
         return DEFAULT_TERM_GRACE_S
 
 
-_term_watcher: "threading.Thread | None" = None
+_term_watcher = None  # the watcher thread, once started (threading is imported lazily)
 
 
 def _watch_term(grace_s: float) -> None:
