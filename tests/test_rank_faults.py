@@ -9,7 +9,7 @@
 - in pure data parallelism a stopped peer is caught in the closing barrier with the same one-line report.
 
 The fault is injected through sitecustomize (no test hook in the package): on the chosen rank, the Nth call
-of stages.sample_latent sends the signal to its own process.
+of denoiser.sample_latent sends the signal to its own process.
 """
 from __future__ import annotations
 
@@ -38,9 +38,9 @@ INJECT = textwrap.dedent(
     import os, signal, time
     fault = os.environ.get("COSMOS_TEST_FAULT")  # SIGNAL:RANK:NTH_SAMPLE:STAMP_FILE
     if fault and os.environ.get("RANK") == fault.split(":")[1]:
-        import cosmos_dist.pipeline.stages as stages
+        import cosmos_dist.pipeline.denoiser as denoiser
         sig, _, nth, stamp = fault.split(":", 3)
-        real, calls = stages.sample_latent, []
+        real, calls = denoiser.sample_latent, []
 
         def sample_latent(*args, **kwargs):
             calls.append(1)
@@ -50,7 +50,7 @@ INJECT = textwrap.dedent(
                 os.kill(os.getpid(), getattr(signal, "SIG" + sig))
             return real(*args, **kwargs)
 
-        stages.sample_latent = sample_latent
+        denoiser.sample_latent = sample_latent
     """
 )
 
