@@ -29,6 +29,7 @@ EXIT_OK = 0
 EXIT_SAMPLES_FAILED = 1
 #: a configuration or input error stopped the run before it started (one `error:` line says which and how to fix it)
 EXIT_USAGE = 2
-#: stopped before its share was finished (Ctrl-C, SIGTERM, Slurm's USR1 warning or the stop file): a rerun
-#: continues; `cosmos-dist shard-status` exits with the same code while samples are pending
+#: stopped before its share was finished (Ctrl-C, SIGTERM, Slurm's USR1 warning or the stop file, or under torchrun
+#: a lost or hung rank or a failed collective): nothing is recorded failed, a rerun continues; `cosmos-dist
+#: shard-status` exits with the same code while samples are pending
 EXIT_INTERRUPTED = 3

@@ -21,7 +21,7 @@ from typing import Any, Iterator, Mapping
 from cosmos_dist.io.video import fsync_dir
 
 SIDECAR_SCHEMA = "cosmos-dist/sample/v1"
-STATUSES = ("done", "failed", "skipped", "blocked")
+STATUSES = ("done", "failed", "skipped", "blocked", "interrupted")  # interrupted: a lost rank; still pending
 
 
 def utc_now() -> str:

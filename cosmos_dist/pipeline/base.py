@@ -278,6 +278,8 @@ class WorldPipeline:
     def _fail(self, job: Job, s: Sample, exc: BaseException | str, *, collective: bool = True) -> None:
         """Record `s` as failed. `collective`: the stage involves the replica's other ranks, so an error that
         may have hit this rank only is re-raised by the runtime (the job ends, naming the rank)."""
+        if collective and isinstance(exc, BaseException) and self.runtime.ends_job(exc):
+            self.runtime.interrupt(exc, job.manifest, s.item)  # a lost rank: recorded interrupted (pending); raises
         reason = exc if isinstance(exc, str) else _reason(exc)
         if isinstance(exc, BaseException) and not isinstance(exc, CosmosDistError):
             log.error("sample %s failed:\n%s", s.sample_id, "".join(traceback.format_exception(exc)))
@@ -421,6 +423,7 @@ class WorldPipeline:
 
     # ---- 4. the DiT ---------------------------------------------------------------------------------------
     def _sampling_stage(self, job: Job, samples: list[Sample]) -> None:
+        from cosmos_dist.checkpoint.finite import check_finite_latent
         from cosmos_dist.pipeline.denoiser import sample_latent
         from cosmos_dist.pipeline.progress import StepReporter
 
@@ -439,6 +442,7 @@ class WorldPipeline:
                                              sample_id=s.sample_id, seed=s.seed, cond=s.cond, uncond=s.uncond,
                                              condition=s.condition, step_hook=self.step_hook, on_step=reporter,
                                              noise_key=s.item.noise_key)
+                    check_finite_latent(s.latent, comps.net)  # NaN/inf: the sample fails, naming the checkpoint
                 except Exception as exc:
                     self._fail(job, s, exc)
                     continue

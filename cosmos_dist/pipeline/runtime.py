@@ -56,6 +56,13 @@ class Runtime(Protocol):
     def sum_over_shards(self, t: torch.Tensor) -> torch.Tensor:
         """`t` summed over the context-parallel ranks of this replica (a statistic of the token shards)."""
 
+    def ends_job(self, exc: BaseException) -> bool:
+        """Whether `exc`, raised while the replica works on a sample together, is a lost rank or collective
+        (the job ends) rather than an error of the sample."""
+
+    def interrupt(self, exc: BaseException, manifest, item) -> None:
+        """End the job for `exc`: `item` is recorded `interrupted` (still pending), then `exc` is raised again."""
+
     def after_failure(self, exc: BaseException) -> None:
         """Called when a sample failed with `exc`: re-raises what may have hit one rank only."""
 
@@ -106,6 +113,12 @@ class SingleProcess:
 
     def sum_over_shards(self, t):
         return t
+
+    def ends_job(self, exc: BaseException) -> bool:
+        return False  # one process waits for nobody: every error is the sample's
+
+    def interrupt(self, exc: BaseException, manifest, item) -> None:
+        raise exc
 
     def after_failure(self, exc: BaseException) -> None:
         pass
