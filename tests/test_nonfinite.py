@@ -37,7 +37,7 @@ def test_non_finite_latent_fails_its_sample(tmp_path):
     dit = _tamper(cfg, 3e38)  # finite, so it loads; the network's output overflows
     summary = Text2WorldPipeline(cfg, SingleProcess()).run()
     assert summary.done == [] and len(summary.failed) == 1 and summary.exit_code == 1
-    (event,) = manifest_by_id(tmp_path / "out").values()
+    event = manifest_by_id(tmp_path / "out")[summary.failed[0]]
     assert event["status"] == "failed"
     assert "NaN or inf" in event["reason"] and str(dit) in event["reason"], event
     assert not list((tmp_path / "out").glob("*.mp4"))

@@ -139,11 +139,11 @@ def test_killed_rank_leaves_its_sample_pending_and_resubmission_makes_it(tmp_pat
     events = _manifest(tmp_path / "out")
     assert [e["status"] for e in events] == ["done", "interrupted"], events
     assert "failed" not in {e["status"] for e in events}
-    progress = shard_progress(prompts, tmp_path / "out", 1, 0, common)  # the run's settings name its samples
+    progress = shard_progress(prompts, tmp_path / "out", 1, 0, [*SMALL, *common])  # the run's settings name its samples
     assert not progress.finished and progress.pending == [events[1]["sample_id"]] and not progress.failed
     again = _torchrun(tmp_path, *common)
     assert again.returncode == 0, again.out[-4000:]
-    assert shard_progress(prompts, tmp_path / "out", 1, 0, common).finished
+    assert shard_progress(prompts, tmp_path / "out", 1, 0, [*SMALL, *common]).finished
     assert len(list((tmp_path / "out").glob("*.mp4"))) == 2
 
 
