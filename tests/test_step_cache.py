@@ -235,7 +235,7 @@ def test_parallel_layouts_reuse_the_same_steps(tmp_path):
     for name, (nproc, extra) in layouts.items():
         _launch(tmp_path, nproc, *common, f"output_dir={name}", *extra)
         (latent,) = (tmp_path / name).glob("*.latent.pt")
-        (sidecar,) = [p for p in (tmp_path / name).glob("*.json")]
+        (sidecar,) = [p for p in (tmp_path / name).glob("*.json") if not p.name.startswith(".")]  # not .layout.json
         got[name] = (torch.load(latent), json.loads(sidecar.read_text())["extra"]["step_hook"])
     # the single-process reference, in this process (the same code path as generate.py without torchrun)
     latent, side, _, _ = _run(tmp_path / "single", *TEACACHE, prompt=PROMPT)
