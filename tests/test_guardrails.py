@@ -14,7 +14,7 @@ import pytest
 
 from cosmos_dist.config import validate_config
 from cosmos_dist.errors import ConfigError
-from cosmos_dist.guardrails import GuardrailError, Verdict, run_text_check, run_video_stage
+from cosmos_dist.guardrails import GuardrailError, run_text_check, run_video_stage
 from cosmos_dist.guardrails.keyword import KeywordGuardrail
 from pipeline_helpers import prompt_ids, REPO, Recorder, compose, manifest_by_id, recording_pipeline, small_cfg, write_prompts
 
@@ -232,7 +232,7 @@ def test_video_block_and_provider_error_paths(ckpt, tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_cli_prompts_file_with_one_blocked_prompt(ckpt, tmp_path):
     """The issue's scenario as a new user runs it: the other videos, a manifest line `blocked` with its reason, exit 0."""
-    prompts = write_prompts(tmp_path / "prompts.jsonl", [
+    write_prompts(tmp_path / "prompts.jsonl", [
         {"prompt": "A robot arm sorts parcels in a warehouse.", "id": "robot"},
         {"prompt": "A bomb explodes in a crowded market.", "id": "market"},
         {"prompt": "Waves roll onto a quiet beach at dawn.", "id": "beach"},
