@@ -51,11 +51,27 @@ INJECT = textwrap.dedent(
             return real(*args, **kwargs)
 
         denoiser.sample_latent = sample_latent
+
+    swap = os.environ.get("COSMOS_TEST_SWAP")  # TARGET:SOURCE
+    if swap and os.environ.get("RANK", "0") == "0":
+        # The input file TARGET is replaced by SOURCE's bytes (another process rewriting it) after the run
+        # checked it and just before the leader's condition stage reads it.
+        import cosmos_dist.pipeline.video2world as video2world
+        target, source = swap.split(":", 1)
+        real_load = video2world.load_condition_frames
+
+        def load_condition_frames(path, *args, **kwargs):
+            if os.path.abspath(str(path)) == os.path.abspath(target):
+                with open(source, "rb") as src, open(target, "wb") as dst:
+                    dst.write(src.read())
+            return real_load(path, *args, **kwargs)
+
+        video2world.load_condition_frames = load_condition_frames
     """
 )
 
 
-def _env(tmp_path: Path, fault: str | None = None) -> dict:
+def _env(tmp_path: Path, fault: str | None = None, swap: str | None = None) -> dict:
     inject = tmp_path / "inject"
     inject.mkdir(exist_ok=True)
     (inject / "sitecustomize.py").write_text(INJECT)
@@ -63,16 +79,19 @@ def _env(tmp_path: Path, fault: str | None = None) -> dict:
     env.pop("WORLD_SIZE", None)
     env["PYTHONPATH"] = f"{inject}{os.pathsep}{env.get('PYTHONPATH', '')}"
     env.pop("COSMOS_TEST_FAULT", None)
+    env.pop("COSMOS_TEST_SWAP", None)
     if fault:
         env["COSMOS_TEST_FAULT"] = fault
+    if swap:
+        env["COSMOS_TEST_SWAP"] = swap
     return env
 
 
-def _torchrun(tmp_path: Path, *overrides: str, fault: str | None = None, timeout: int = 240):
+def _torchrun(tmp_path: Path, *overrides: str, fault: str | None = None, swap: str | None = None, timeout: int = 240):
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
             "--monitor_interval=0.5", str(GENERATE), *SMALL, *overrides]
     t0 = time.time()
-    proc = subprocess.run(argv, cwd=tmp_path, env=_env(tmp_path, fault), capture_output=True, text=True,
+    proc = subprocess.run(argv, cwd=tmp_path, env=_env(tmp_path, fault, swap), capture_output=True, text=True,
                           timeout=timeout)
     proc.ended = time.time()
     proc.started = t0
@@ -105,24 +124,34 @@ def _bomb_png(path: Path, width: int = 20000, height: int = 20000) -> Path:
 
 
 def test_any_leader_error_is_the_samples_failure_and_the_run_goes_on(tmp_path, ckpt):
-    from PIL import Image
+    """A bomb PNG is refused when the run checks its inputs (before any model loads); a file that turns into one
+    after that check raises Pillow's DecompressionBombError inside the leader's condition stage under cp=2: both
+    are their sample's `failed` record, and the good sample after them is made."""
     import numpy as np
+    from PIL import Image
 
-    good = tmp_path / "good.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 48, 3), dtype=np.uint8)).save(good)
-    prompts = _prompts(tmp_path / "p.jsonl", [{"prompt": "a bomb", "input_path": str(_bomb_png(tmp_path / "bomb.png"))},
+    rng = np.random.default_rng(0)
+    good, changing = tmp_path / "good.png", tmp_path / "changing.png"
+    for path in (good, changing):
+        Image.fromarray(rng.integers(0, 255, (32, 48, 3), dtype=np.uint8)).save(path)
+    bomb = _bomb_png(tmp_path / "bomb.png")
+    prompts = _prompts(tmp_path / "p.jsonl", [{"prompt": "a bomb", "input_path": str(bomb)},
+                                               {"prompt": "a file that changes", "input_path": str(changing)},
                                                {"prompt": "a good one", "input_path": str(good)}])
     proc = _torchrun(tmp_path, "model=tiny_video2world", f"checkpoint_dir={ckpt}", f"prompts_file={prompts}",
-                     "output_dir=out", "parallel.cp_size=2", "parallel.timeout_s=60")
+                     "output_dir=out", "parallel.cp_size=2", "parallel.timeout_s=60", swap=f"{changing}:{bomb}")
     assert proc.returncode == 1, proc.out[-4000:]  # some sample failed; not a crash
     assert "rank 0 failed" not in proc.out and "rank 1 failed" not in proc.out, proc.out[-4000:]
     events = {e["sample_id"]: e for e in _manifest(tmp_path / "out") if e.get("sample_id")}
-    assert len(events) == 2
-    statuses = sorted(e["status"] for e in events.values())
-    assert statuses == ["done", "failed"], events
-    (failed,) = [e for e in events.values() if e["status"] == "failed"]
-    assert "DecompressionBombError" in failed["reason"]
-    assert len(list((tmp_path / "out").glob("*.mp4"))) == 1
+    assert len(events) == 3, events
+    by_prompt = {}
+    for line_number, prompt in ((1, "a bomb"), (2, "a file that changes"), (3, "a good one")):
+        (by_prompt[prompt],) = [e for e in events.values() if e.get("line") == line_number]
+    assert by_prompt["a good one"]["status"] == "done"
+    for prompt in ("a bomb", "a file that changes"):
+        assert by_prompt[prompt]["status"] == "failed", proc.out[-6000:]
+        assert "DecompressionBombError" in by_prompt[prompt]["reason"]
+    assert len([p for p in (tmp_path / "out").rglob("*.mp4")]) == 1
 
 
 def test_killed_rank_leaves_its_sample_pending_and_resubmission_makes_it(tmp_path, ckpt):
