@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -313,9 +312,9 @@ def write_outputs(pipe, item, latent, frames, timings, t_start, *, prompt, negat
     files = {"video": mp4.name}
     if cfg.save_latents:
         lat = out / f"{item.sample_id}.latent.pt"
-        tmp = lat.with_name(f".{lat.name}.tmp-{os.getpid()}")
-        torch.save(latent.cpu(), tmp)
-        os.replace(tmp, lat)
+        from cosmos_dist.io.safefiles import save_atomic
+
+        save_atomic(lat, lambda f: torch.save(latent.cpu(), f))  # exclusive hidden temporary, removed on failure
         files["latent"] = lat.name
     timings["write_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_start
