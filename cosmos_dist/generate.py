@@ -76,7 +76,7 @@ def run_cli(cfg) -> int:
             summary = make_pipeline(cfg, runtime).run()
     except CosmosDistError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", 2)  # 4: the shard is running elsewhere (pipeline/lease.py)
     finally:
         if runtime is not None:
             runtime.close()

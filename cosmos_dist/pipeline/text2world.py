@@ -64,6 +64,10 @@ class Text2WorldPipeline(ChunkedRun):
         work = collect_work(self.cfg)
         if self.layout.is_replica_leader:
             check_output_dir(self.output_dir)
+        if self.layout.is_global_leader:  # a second copy of a running shard refuses here (exit 4), before loading
+            from cosmos_dist.pipeline.lease import claim_run
+
+            self.lease = claim_run(self.cfg, [it.sample_id for it in work.items])
         # Tiny random stand-ins are created by the global leader alone; the others wait for them.
         creates = bool(self.cfg.model.random_weights)
         if creates and not self.layout.is_global_leader:
