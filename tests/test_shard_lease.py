@@ -117,3 +117,22 @@ def test_two_processes_race_for_one_shard_one_wins(tmp_path):
              for _ in range(4)]
     results = sorted(p.communicate(timeout=60)[0].strip() for p in procs)
     assert results == ["busy", "busy", "busy", "won"]
+
+
+def test_second_generate_on_a_running_shard_refuses_before_loading(tmp_path):
+    prompts, out = make_prompts(tmp_path, ["x", "y"])
+    holder = hold_in_subprocess(out, 0, 1)
+    try:
+        env = {k: v for k, v in ENV.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+        r = subprocess.run([sys.executable, str(REPO / "generate.py"), "model=tiny_text2world", "height=32", "width=48",
+                            "num_frames=9", "num_steps=2", "progress=false", f"checkpoint_dir={tmp_path / 'ckpt'}",
+                            f"prompts_file={prompts}", f"output_dir={out}"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == EXIT_SHARD_BUSY, r.stderr
+        errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "shard-0000-of-0001" in errors[0] and "already running" in errors[0]
+        assert not (tmp_path / "ckpt").exists()  # refused before any model file was made or loaded
+        assert sorted(p.name for p in out.iterdir()) == [".shards"]
+    finally:
+        holder.kill()
+        holder.wait(10)
