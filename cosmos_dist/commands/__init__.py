@@ -18,6 +18,8 @@ COMMANDS = {
     "make-checkpoint": "make_checkpoint",
     "download": "download_checkpoints",
     "dit-forward": "dit_forward",
+    "pack": "pack",
+    "manifest": "manifest",
 }
 
 
@@ -28,4 +30,4 @@ def run_command(module: str, argv: list[str] | None = None) -> int:
         return int(main(argv) or 0)
     except CosmosDistError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", 2)  # ShardBusy: 4

@@ -334,3 +334,40 @@ def read_manifest(path: str | os.PathLike) -> list[dict[str, Any]]:
             if obj is not None:
                 out.append(obj)
     return out
+
+
+# ---- the latest word per sample, over every manifest of a tree ------------------------------------
+def find_manifests(output_dir: str | os.PathLike) -> list[Path]:
+    """`manifest*.jsonl` at the top of the tree and in `.shards/` (where per-shard manifests would live)."""
+    out = Path(output_dir)
+    found = [p for d in (out, out / ".shards") if d.is_dir() for p in sorted(d.glob("manifest*.jsonl"))]
+    return [p for p in found if p.is_file() and not p.is_symlink()]
+
+
+def latest_by_sample(manifests: list[str | os.PathLike]) -> dict[str, dict[str, Any]]:
+    """sample id -> its latest event over `manifests` (by time, then file order), with `attempts` (events that
+    were not `skipped`) and `first_time`. A `skipped` event (the sample was already done) only counts when the
+    sample has no other event."""
+    events: list[tuple[str, int, dict]] = []
+    order = 0
+    for path in manifests:
+        for e in read_manifest(path):
+            if isinstance(e.get("sample_id"), str):
+                events.append((str(e.get("time", "")), order, e))
+                order += 1
+    events.sort(key=lambda t: (t[0], t[1]))
+    merged: dict[str, dict[str, Any]] = {}
+    for _, _, e in events:
+        sid = e["sample_id"]
+        prev = merged.get(sid)
+        row = {"sample_id": sid, "status": e.get("status"), "time": e.get("time"), "reason": e.get("reason"),
+               "line": e.get("line"), "host": e.get("host"),
+               "attempts": (prev or {}).get("attempts", 0), "first_time": (prev or {}).get("first_time", e.get("time"))}
+        if e.get("status") == "skipped":
+            if prev is None:
+                row["status"] = "done"  # skipped means: its sidecar existed
+                merged[sid] = row
+            continue
+        row["attempts"] += 1
+        merged[sid] = row
+    return merged
