@@ -119,8 +119,8 @@ def removable_temps(temps: list[Path], running: set[int], num_shards: int, live_
 
 def live_prompt_runs(output_dir: str) -> set[str]:
     """Sample ids of the `prompt=` runs (no prompts file) that hold a live lease."""
-    d = marker_dir(output_dir)
-    return {p.name[len("prompt-"):-len(".lease")] for p in (d.glob("prompt-*.lease") if d.is_dir() else ())
+    d = Path(output_dir)
+    return {p.name[1:-len(".lease")] for p in (d.glob(".*.lease") if d.is_dir() else ())
             if (read_lease(p) or {}).get("live")}
 
 

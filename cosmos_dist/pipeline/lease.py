@@ -1,6 +1,6 @@
 """Who is running a shard: a lease file with a heartbeat, so a second copy refuses to start.
 
-`{output_dir}/.shards/shard-XXXX-of-YYYY.lease` (or `prompt-{sample id}.lease` for a `prompt=` run) is
+`{output_dir}/.shards/shard-XXXX-of-YYYY.lease` (or `{output_dir}/.{sample id}.lease` for a `prompt=` run) is
 created with `O_CREAT | O_EXCL`, which every shared filesystem honours (NFS, Lustre, GPFS), unlike
 `flock` (Lustre mounted `noflock` answers ENOSYS). Its holder touches it every `heartbeat_s`; it is
 live while it was touched within `stale_after_s` (recorded in the file, so readers use the holder's
@@ -229,15 +229,20 @@ def shard_lease_path(output_dir, shard_index: int, num_shards: int) -> Path:
 
 def run_lease(cfg, sample_ids=()) -> ShardLease:
     """The lease of a run: its shard's for a prompts file, else its one sample's (a `prompt=` run)."""
-    from cosmos_dist.pipeline.preemption import marker_dir, shard_tag
+    from cosmos_dist.pipeline.preemption import shard_tag
 
     if getattr(cfg, "prompts_file", None):
         tag = shard_tag(int(cfg.shard_index), int(cfg.num_shards))
         return ShardLease(shard_lease_path(cfg.output_dir, cfg.shard_index, cfg.num_shards),
                           what=f"{tag} of {cfg.output_dir}", token=os.environ.get(LEASE_ENV) or None)
     sid = next(iter(sample_ids), "prompt")
-    return ShardLease(marker_dir(cfg.output_dir) / f"prompt-{sid}.lease", what=f"sample {sid} in {cfg.output_dir}",
+    return ShardLease(prompt_lease_path(cfg.output_dir, sid), what=f"sample {sid} in {cfg.output_dir}",
                       token=os.environ.get(LEASE_ENV) or None)
+
+
+def prompt_lease_path(output_dir, sample_id: str) -> Path:
+    """A `prompt=` run's lease: hidden, next to its files, gone when the run ends (no `.shards` folder for it)."""
+    return Path(output_dir) / f".{sample_id}.lease"
 
 
 def claim_run(cfg, sample_ids=()) -> ShardLease | None:
