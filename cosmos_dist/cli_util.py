@@ -1,10 +1,16 @@
-"""Small helpers shared by the command-line tools in tools/."""
+"""Small helpers shared by the command line (cli.py, generate.py) and the tools in cosmos_dist/commands/."""
 from __future__ import annotations
 
+import os
 import sys
 from typing import Callable
 
 from cosmos_dist.errors import CosmosDistError
+
+
+def is_rank_zero() -> bool:
+    """True outside torchrun and on its rank 0 (the rank that prints errors every rank shares)."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def human_size(n: int) -> str:

@@ -8,8 +8,10 @@ more than a type (frame counts of the form 1 + 8k, sizes divisible by 16, ...) l
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, List, Mapping, Optional
 
+from cosmos_dist import choices
+from cosmos_dist.choices import CACHE_POLICIES, OFFLOAD_LEVELS, one_of  # noqa: F401  (the lists: re-exported)
 from cosmos_dist.errors import ConfigError
 
 # The reference's default negative prompt, verbatim (spec 1.1).
@@ -86,16 +88,62 @@ class PrecisionConfig:
 
 @dataclass
 class ParallelConfig:
+    """How one job spreads over its processes (the `parallel.*` keys; also what init_layout takes).
+
+    World = dp x cfg x cp (cosmos_dist/parallel/layout.py): the processes left over after one replica's
+    cfg x cp ranks are data parallel.
+    """
+
+    # Ranks that share one sample's token sequence (context parallel).
     cp_size: int = 1
-    cp_impl: str = "auto"  # auto | ulysses | ring | usp | te
+    # Self-attention across the cp group: auto | ulysses | ring | usp | te (choices.CP_IMPLS).
+    cp_impl: str = "auto"
+    # Run the conditional and unconditional CFG branches on two rank groups at once.
     cfg_parallel: bool = False
-    timeout_s: int = 600
-    batch_cfg: bool = True  # single rank: run cond + uncond as one batch of 2
+    # Timeout of every process group: a collective that waits longer fails instead of hanging.
+    timeout_s: float = 600
+    # Single rank: run cond + uncond as one batch of 2.
+    batch_cfg: bool = True
+    # cp_impl=usp (ulysses x ring): the ulysses group size, a divisor of cp_size and of the head count;
+    # None picks the largest that fits in one node.
+    ulysses_size: Optional[int] = None
+    # cp_impl=te: Transformer Engine's cp_comm_type (choices.TE_COMM_TYPES).
+    te_comm_type: str = "p2p"
 
+    @classmethod
+    def from_node(cls, node: Any) -> "ParallelConfig":
+        """A plain ParallelConfig from the composed `cfg.parallel` (an OmegaConf node or this class)."""
+        if isinstance(node, cls):
+            return node
+        u = node.get("ulysses_size", None)
+        return cls(
+            cp_size=int(node.cp_size), cp_impl=str(node.cp_impl), cfg_parallel=bool(node.cfg_parallel),
+            timeout_s=float(node.timeout_s), batch_cfg=bool(node.get("batch_cfg", True)),
+            ulysses_size=None if u is None else int(u), te_comm_type=str(node.get("te_comm_type", "p2p")),
+        )
 
-#: Residency levels, cumulative: each offloads its own component and those of the levels before it
-#: (the model card's five strategies, plus none). See cosmos_dist/pipeline/residency.py.
-OFFLOAD_LEVELS = ("none", "upsampler", "guardrails", "text_encoder", "tokenizer", "dit")
+    def validate(self) -> None:
+        if isinstance(self.cp_size, bool) or not isinstance(self.cp_size, int) or self.cp_size < 1:
+            raise ConfigError(f"parallel.cp_size: must be a positive integer; got {self.cp_size!r}")
+        if self.cp_impl not in choices.CP_IMPLS:
+            raise ConfigError(f"parallel.cp_impl: {self.cp_impl!r}; choose {one_of(choices.CP_IMPLS)}")
+        if not self.timeout_s or self.timeout_s <= 0:
+            raise ConfigError(f"parallel.timeout_s: must be > 0 seconds; got {self.timeout_s!r}")
+        if self.ulysses_size is not None:
+            u = self.ulysses_size
+            if isinstance(u, bool) or not isinstance(u, int) or u < 1 or self.cp_size % u:
+                raise ConfigError(
+                    f"parallel.ulysses_size: parallel.ulysses_size={u!r} must be a positive divisor of "
+                    f"parallel.cp_size={self.cp_size}"
+                )
+        if self.te_comm_type not in choices.TE_COMM_TYPES:
+            raise ConfigError(
+                f"parallel.te_comm_type: {self.te_comm_type!r}; choose {one_of(choices.TE_COMM_TYPES)}"
+            )
+
+    @property
+    def cfg_size(self) -> int:
+        return 2 if self.cfg_parallel else 1
 
 
 @dataclass
@@ -147,6 +195,24 @@ class VideoConfig:
 
 
 @dataclass
+class CacheConfig:
+    """Training-free step caching: reuse the transformer blocks' residual of an earlier step when the input changed
+    little. Opt-in; see README "Step caching" and cosmos_dist/pipeline/step_cache.py."""
+
+    policy: str = "none"  # none | teacache | fbcache
+    # Reuse while the policy's change statistic stays under this (teacache: accumulated rescaled relative L1 of
+    # block 0's modulated input, published 0.3 / 0.4; fbcache: relative L1 change of block 0's residual).
+    # 0 never reuses. Pick it with tools/cache_sweep.py.
+    threshold: float = 0.0
+    # teacache: the polynomial (highest power first) that rescales the relative L1 change; the default is the one
+    # published for Cosmos-1.0-Diffusion-7B (ali-vilab/TeaCache, TeaCache4Cosmos).
+    coefficients: List[float] = field(
+        default_factory=lambda: [2.71156237e02, -9.19775607e01, 2.24437250e00, 2.08355751e00, 1.41776330e-01]
+    )
+    max_consecutive_reuse: int = 0  # at most this many reused steps in a row per branch; 0 = no limit
+
+
+@dataclass
 class GenerateConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
@@ -156,6 +222,7 @@ class GenerateConfig:
     video: VideoConfig = field(default_factory=VideoConfig)
     guardrail: GuardrailConfig = field(default_factory=GuardrailConfig)
     upsampler: UpsamplerConfig = field(default_factory=UpsamplerConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
 
     prompt: Optional[str] = None
     prompts_file: Optional[str] = None
@@ -177,12 +244,20 @@ class GenerateConfig:
     input_path: Optional[str] = None
     num_input_frames: int = 1
     resize_mode: str = "stretch"
+    # Video2World only: how the condition frames' network output is replaced each step. intended: the denoised
+    # estimate equals the encoded input, so the input is the video's first frame(s) | reference: the reference's
+    # code as written (gt / c_out - c_skip * x), whose condition frames drift from the input; for comparing
+    # with NVIDIA's scripts. See cosmos_dist/sampling/condition.py.
+    condition_replacement: str = "intended"
 
     checkpoint_dir: str = "checkpoints"
     output_dir: str = "outputs"
     save_latents: bool = False
     device: str = "auto"  # auto | cpu | cuda
     progress: bool = True
+    # info: one line per stage and sample; debug: also the libraries' own start-up notes (megatron-core's
+    # banners), which are silenced otherwise; warning / error: less.
+    log_level: str = "info"
 
     # Dataset scale: this process takes shard `shard_index` of `num_shards` of the prompts file.
     num_shards: int = 1
@@ -196,20 +271,69 @@ def register_configs() -> None:
     cs.store(name="generate_schema", node=GenerateConfig)
 
 
-def validate_config(cfg: Any) -> None:
-    """Checks that need more than a type. Raises ConfigError naming the field and the fix."""
+#: Seeds (the run's `seed` and a prompts-file line's `seed`) are non-negative 63-bit integers.
+SEED_LIMIT = 2**63
 
-    from cosmos_dist.attention.fp8 import KERNELS as FP8_ATTENTION_KERNELS
-    from cosmos_dist.attention.local import ATTENTION_KERNELS
-    from cosmos_dist.models.fp8 import LINEAR_KERNELS as FP8_LINEAR_KERNELS
+
+def check_seed(value: Any, key: str = "seed") -> int:
+    """The one rule for a seed, on the command line and in a prompts file; ConfigError naming `key`."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{key}: must be an integer; got {value!r}")
+    if not 0 <= value < SEED_LIMIT:
+        raise ConfigError(f"{key}: {value} must be in [0, 2**63) (e.g. seed=1)")
+    return value
+
+
+def check_num_input_frames(value: Any, key: str = "num_input_frames") -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value not in choices.NUM_INPUT_FRAMES:
+        raise ConfigError(f"{key}: {value!r}; choose 1 (an image or a video's last frame) or 9 (a video's last 9 frames)")
+    return value
+
+
+def check_resize_mode(value: Any, key: str = "resize_mode") -> str:
+    if value not in choices.RESIZE_MODES:
+        raise ConfigError(f"{key}: {value!r}; choose {one_of(choices.RESIZE_MODES)} (stretch is the reference's)")
+    return value
+
+
+def check_text(value: Any, key: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: must be a string; got {type(value).__name__}")
+    return value
+
+
+#: Per-sample keys that can come from the command line (the run's value) and from a prompts-file line (that
+#: sample's value), with the one check both go through.
+SAMPLE_FIELD_CHECKS = {
+    "seed": check_seed,
+    "negative_prompt": check_text,
+    "num_input_frames": check_num_input_frames,
+    "resize_mode": check_resize_mode,
+}
+
+
+def validate_sample_fields(fields: Mapping[str, Any], where: str = "") -> None:
+    """Check the per-sample keys of `fields` (a prompts-file line's object, or the command line's values) with
+    the same rules; ConfigError `"{where}{key}: why"`. Keys this does not know are left to the caller; None
+    means "not given"."""
+    for key, check in SAMPLE_FIELD_CHECKS.items():
+        value = fields.get(key)
+        if value is not None:
+            check(value, f"{where}{key}")
+
+
+def validate_config(cfg: Any, *, needs_prompt: bool = True) -> None:
+    """Checks that need more than a type. Raises ConfigError naming the field and the fix. `needs_prompt=False`:
+    the Python API, whose calls bring the prompts."""
 
     def bad(fieldname: str, why: str) -> None:
         raise ConfigError(f"{fieldname}: {why}")
 
-    if not cfg.prompt and not cfg.prompts_file:
+    if needs_prompt and not cfg.prompt and not cfg.prompts_file:
         bad("prompt", 'give prompt="..." or prompts_file=path/to/prompts.jsonl')
     if cfg.prompt and cfg.prompts_file:
         bad("prompt", "give either prompt=... or prompts_file=..., not both")
+    validate_sample_fields({"seed": cfg.seed, "negative_prompt": cfg.negative_prompt})
     if cfg.num_frames < 1 or (cfg.num_frames - 1) % 8:
         bad("num_frames", f"{cfg.num_frames} is not of the form 1 + 8k (the tokenizer is causal 8x in time); use 121, 57, 17 or 9")
     for key in ("height", "width"):
@@ -217,66 +341,67 @@ def validate_config(cfg: Any) -> None:
         if v < 16 or v % 16:
             bad(key, f"{v} must be a positive multiple of 16 (8x tokenizer x 2x patch); e.g. 704x1280")
     if cfg.height // 16 > 120 or cfg.width // 16 > 120:
-        bad("height/width", f"{cfg.height}x{cfg.width} exceeds the model's position tables (at most 1920 pixels a side)")
+        bad("height", f"{cfg.height}x{cfg.width} (height x width) exceeds the model's position tables (at most 1920 pixels a side)")
     if cfg.num_steps < 1:
         bad("num_steps", f"{cfg.num_steps} must be at least 1 (the reference uses 35)")
     if cfg.guidance < 0:
         bad("guidance", f"{cfg.guidance} must be >= 0 (0 disables classifier-free guidance; the reference uses 7)")
     if cfg.fps <= 0:
         bad("fps", f"{cfg.fps} must be positive (the reference uses 24)")
-    if cfg.sampler.name not in ("euler", "res"):
-        bad("sampler.name", f"{cfg.sampler.name!r}; choose euler or res")
+    if cfg.sampler.name not in choices.SAMPLERS:
+        bad("sampler.name", f"{cfg.sampler.name!r}; choose {one_of(choices.SAMPLERS)}")
     if not 0 < cfg.sampler.sigma_min < cfg.sampler.sigma_max:
         bad("sampler.sigma_min", "need 0 < sigma_min < sigma_max")
     for key in ("dit_dtype", "tokenizer_dtype", "text_encoder_dtype"):
         v = getattr(cfg.precision, key)
-        if v not in ("auto", "float32", "bfloat16", "float16"):
-            bad(f"precision.{key}", f"{v!r}; choose auto, float32 or bfloat16")
+        if v not in choices.DTYPES:
+            bad(f"precision.{key}", f"{v!r}; choose {one_of(choices.DTYPES)}")
     if cfg.precision.tokenizer_decode_chunk < 0:
         bad("precision.tokenizer_decode_chunk", f"{cfg.precision.tokenizer_decode_chunk} must be >= 0 (latent frames "
             "per decoder chunk; 0 = the whole clip)")
     if cfg.precision.tokenizer_encode_chunk < 0:
         bad("precision.tokenizer_encode_chunk", f"{cfg.precision.tokenizer_encode_chunk} must be >= 0 (latent frames' "
             "worth of pixel frames per encoder chunk; 0 = the whole clip)")
-    if str(cfg.precision.compile).lower() not in ("auto", "true", "false"):
-        bad("precision.compile", f"{cfg.precision.compile!r}; choose auto, true or false")
-    if cfg.precision.attention_kernel not in ATTENTION_KERNELS:
-        bad("precision.attention_kernel", f"{cfg.precision.attention_kernel!r} is not one of {', '.join(ATTENTION_KERNELS)}")
-    if cfg.precision.fp8_linear_kernel not in FP8_LINEAR_KERNELS:
-        bad("precision.fp8_linear_kernel",
-            f"{cfg.precision.fp8_linear_kernel!r} is not one of {', '.join(FP8_LINEAR_KERNELS)}")
-    if cfg.precision.fp8_attention_kernel not in FP8_ATTENTION_KERNELS:
-        bad("precision.fp8_attention_kernel",
-            f"{cfg.precision.fp8_attention_kernel!r} is not one of {', '.join(FP8_ATTENTION_KERNELS)}")
+    if str(cfg.precision.compile).lower() not in choices.AUTO_BOOL:
+        bad("precision.compile", f"{cfg.precision.compile!r}; choose {one_of(choices.AUTO_BOOL)}")
+    for key, allowed in (("attention_kernel", choices.ATTENTION_KERNELS),
+                         ("fp8_linear_kernel", choices.FP8_LINEAR_KERNELS),
+                         ("fp8_attention_kernel", choices.FP8_ATTENTION_KERNELS)):
+        v = getattr(cfg.precision, key)
+        if v not in allowed:
+            bad(f"precision.{key}", f"{v!r}; choose {one_of(allowed)}")
     if cfg.precision.fp8_high_precision_steps < 0:
         bad("precision.fp8_high_precision_steps", f"{cfg.precision.fp8_high_precision_steps} must be >= 0")
     if (cfg.precision.fp8_linear or cfg.precision.fp8_attention) and cfg.precision.dit_dtype == "float32":
         bad("precision.dit_dtype", "FP8 runs beside a bfloat16 network; use dit_dtype=bfloat16 or auto with fp8")
-    if cfg.device not in ("auto", "cpu", "cuda"):
-        bad("device", f"{cfg.device!r}; choose auto, cpu or cuda")
+    if cfg.device not in choices.DEVICES:
+        bad("device", f"{cfg.device!r}; choose {one_of(choices.DEVICES)}")
+    if str(cfg.get("log_level", "info")).lower() not in choices.LOG_LEVELS:
+        bad("log_level", f"{cfg.log_level!r}; choose {one_of(choices.LOG_LEVELS)}")
     if not 0 <= cfg.video.crf <= 51:
         bad("video.crf", f"{cfg.video.crf} must be in 0..51 (lower is better quality; 23 is x264's default)")
     if cfg.num_shards < 1 or not 0 <= cfg.shard_index < cfg.num_shards:
         bad("shard_index", f"{cfg.shard_index} must be in 0..num_shards-1 (num_shards={cfg.num_shards})")
-    if cfg.parallel.cp_size < 1:
-        bad("parallel.cp_size", f"{cfg.parallel.cp_size} must be >= 1")
-    if cfg.parallel.cp_impl not in ("auto", "ulysses", "ring", "usp", "te"):
-        bad("parallel.cp_impl", f"{cfg.parallel.cp_impl!r}; choose auto, ulysses, ring, usp or te")
+    ParallelConfig.from_node(cfg.parallel).validate()
     if cfg.name is not None and cfg.prompts_file:
         bad("name", "name= names the sample of a single prompt=; in a prompts file give each line an `id`")
     video2world = str(cfg.model.preset).endswith("_video2world")
     if video2world:
-        if not cfg.input_path and not cfg.prompts_file:
+        if needs_prompt and not cfg.input_path and not cfg.prompts_file:
             bad("input_path", "Video2World needs the conditioning image or video: input_path=photo.jpg (or clip.mp4)")
-        if cfg.num_input_frames not in (1, 9):
-            bad("num_input_frames", f"{cfg.num_input_frames}; choose 1 (an image or a video's last frame) or 9 (a video's last 9 frames)")
+        validate_sample_fields({"num_input_frames": cfg.num_input_frames, "resize_mode": cfg.resize_mode})
         if cfg.num_frames <= cfg.num_input_frames:
             bad("num_frames", f"{cfg.num_frames} leaves no frame to generate after num_input_frames={cfg.num_input_frames}; use 121")
-        if cfg.resize_mode not in ("stretch", "crop", "pad"):
-            bad("resize_mode", f"{cfg.resize_mode!r}; choose stretch (the reference), crop or pad")
+        if cfg.condition_replacement not in choices.CONDITION_REPLACEMENTS:
+            bad("condition_replacement", f"{cfg.condition_replacement!r}; choose intended (the default: the input "
+                "is kept as the first frame) or reference (the reference's code as written)")
     elif cfg.input_path:
         bad("input_path", f"model {cfg.model.preset} is Text2World and takes no input image or video; use a *_video2world model")
+    elif cfg.condition_replacement != "intended":
+        bad("condition_replacement", f"model {cfg.model.preset} is Text2World and has no condition frames; remove "
+            "condition_replacement or use a *_video2world model")
     validate_memory_guardrail_upsampler(cfg, bad)
+    validate_cache(cfg, bad)
 
 
 def validate_memory_guardrail_upsampler(cfg: Any, bad) -> None:
@@ -284,16 +409,17 @@ def validate_memory_guardrail_upsampler(cfg: Any, bad) -> None:
     off = cfg.get("offload") if hasattr(cfg, "get") else getattr(cfg, "offload", None)
     if off is not None:
         if off.level not in OFFLOAD_LEVELS:
-            bad("offload", f"{off.level!r} is not a residency level; choose one of {', '.join(OFFLOAD_LEVELS)} "
+            bad("offload", f"{off.level!r} is not a residency level; choose one of {one_of(OFFLOAD_LEVELS)} "
                 "(each offloads the models of the levels before it too), e.g. offload=dit")
         if int(off.get("chunk", 1)) < 1:
             bad("offload.chunk", f"{off.chunk} must be >= 1 (samples whose text is encoded before the DiT comes in)")
-        if str(off.get("pin_memory", "auto")).lower() not in ("auto", "true", "false"):
-            bad("offload.pin_memory", f"{off.pin_memory!r}; choose auto, true or false")
+        if str(off.get("pin_memory", "auto")).lower() not in choices.AUTO_BOOL:
+            bad("offload.pin_memory", f"{off.pin_memory!r}; choose {one_of(choices.AUTO_BOOL)}")
     gr = cfg.get("guardrail") if hasattr(cfg, "get") else getattr(cfg, "guardrail", None)
     if gr is not None and gr.enabled:
-        if gr.provider not in ("cosmos", "keyword"):
-            bad("guardrail.provider", f"{gr.provider!r}; choose cosmos (NVIDIA's cosmos-guardrail) or keyword, or guardrail=off")
+        if gr.provider not in choices.GUARDRAIL_PROVIDERS:
+            bad("guardrail.provider", f"{gr.provider!r}; choose {one_of(choices.GUARDRAIL_PROVIDERS)} "
+                "(cosmos: NVIDIA's cosmos-guardrail), or guardrail=off")
         rng = gr.get("video_mean_range")
         if rng is not None and (len(rng) != 2 or not float(rng[0]) <= float(rng[1])):
             bad("guardrail.video_mean_range", f"{list(rng)} must be [lo, hi] with lo <= hi (pixel means 0..255)")
@@ -306,5 +432,25 @@ def validate_memory_guardrail_upsampler(cfg: Any, bad) -> None:
             bad("upsampler.max_new_tokens", f"{up.max_new_tokens} must be >= 1 (the reference uses 512)")
         if up.temperature < 0:
             bad("upsampler.temperature", f"{up.temperature} must be >= 0 (0 = greedy)")
-        if up.dtype not in ("auto", "float32", "bfloat16", "float16"):
-            bad("upsampler.dtype", f"{up.dtype!r}; choose auto, float32 or bfloat16")
+        if up.dtype not in choices.DTYPES:
+            bad("upsampler.dtype", f"{up.dtype!r}; choose {one_of(choices.DTYPES)}")
+
+
+def validate_cache(cfg: Any, bad) -> None:
+    """The `cache` group (configs composed without it are accepted and run uncached)."""
+    import math
+
+    cache = cfg.get("cache") if hasattr(cfg, "get") else getattr(cfg, "cache", None)
+    if cache is None:
+        return
+    if cache.policy not in CACHE_POLICIES:
+        bad("cache.policy", f"{cache.policy!r}; choose {one_of(CACHE_POLICIES)} (e.g. cache=teacache)")
+    threshold = float(cache.threshold)
+    if not math.isfinite(threshold) or threshold < 0:
+        bad("cache.threshold", f"{cache.threshold} must be a finite number >= 0 (0 never reuses a step; TeaCache "
+            "publishes 0.3 and 0.4 for Cosmos)")
+    coefficients = list(getattr(cache, "coefficients", None) or [])
+    if not coefficients or not all(isinstance(c, (int, float)) and math.isfinite(c) for c in coefficients):
+        bad("cache.coefficients", f"{coefficients} must be a non-empty list of finite numbers, highest power first")
+    if int(getattr(cache, "max_consecutive_reuse", 0)) < 0:
+        bad("cache.max_consecutive_reuse", f"{cache.max_consecutive_reuse} must be >= 0 (0 = no limit)")

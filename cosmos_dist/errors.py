@@ -20,3 +20,19 @@ class CheckpointError(CosmosDistError):
 
 class InputError(CosmosDistError, ValueError):
     """A prompt, prompts-file line or conditioning input is invalid."""
+
+
+# ---- exit codes of `cosmos-dist generate` (and generate.py); README "Exit codes" --------------------------
+#: every sample of the run's share is done, skipped as already done, or blocked by the guardrails
+EXIT_OK = 0
+#: the run went through its share but some samples failed (reasons in manifest.jsonl)
+EXIT_SAMPLES_FAILED = 1
+#: a configuration or input error stopped the run before it started (one `error:` line says which and how to fix it)
+EXIT_USAGE = 2
+#: stopped before its share was finished (Ctrl-C, SIGTERM, Slurm's USR1 warning or the stop file, or under torchrun
+#: a lost or hung rank or a failed collective): nothing is recorded failed, a rerun continues; `cosmos-dist
+#: shard-status` exits with the same code while samples are pending
+EXIT_INTERRUPTED = 3
+#: refused before any model loaded: another live process holds the lease of this shard (or `prompt=` sample),
+#: so a second copy would make the same samples (pipeline/lease.py); nothing was written
+EXIT_SHARD_BUSY = 4

@@ -5,14 +5,28 @@ import logging
 import os
 import sys
 
-from cosmos_dist.config import validate_config
-from cosmos_dist.errors import CosmosDistError
+from cosmos_dist.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_SAMPLES_FAILED,
+    EXIT_USAGE,
+    ConfigError,
+    CosmosDistError,
+)
+from cosmos_dist.run_summary import gather_summary, log_summary
 
 log = logging.getLogger("cosmos_dist")
 
 
-def setup_logging(is_leader: bool) -> None:
-    level = logging.INFO if is_leader else logging.WARNING
+#: Loggers of libraries whose start-up notes (megatron-core's banners about missing optional packages, ...) are
+#: noise in every rank's log: shown at log_level=debug only.
+LIBRARY_LOGGERS = ("megatron", "megatron.core", "transformer_engine", "torch.distributed.elastic")
+
+
+def setup_logging(is_leader: bool, level_name: str = "info") -> None:
+    level = getattr(logging, str(level_name).upper(), logging.INFO)
+    if not is_leader:
+        level = max(level, logging.WARNING)
     rank = os.environ.get("RANK")
     prefix = f"[rank {rank}] " if rank is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
     handler = logging.StreamHandler(sys.stderr)
@@ -20,24 +34,25 @@ def setup_logging(is_leader: bool) -> None:
     log.handlers[:] = [handler]
     log.setLevel(level)
     log.propagate = False
+    quiet_libraries(str(level_name).lower() == "debug")
 
 
-def make_runtime(cfg):
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1 and cfg.parallel.cp_size == 1 and not cfg.parallel.cfg_parallel:
-        from cosmos_dist.pipeline.runtime import SingleProcess
+def quiet_libraries(verbose: bool) -> None:
+    """Library banners only when asked for (log_level=debug): their loggers at WARNING, their
+    import-time warnings ignored."""
+    import warnings
 
-        return SingleProcess()
-    from cosmos_dist.parallel.runtime import DistributedRuntime
-
-    return DistributedRuntime.create(cfg.parallel)
+    for name in LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    if not verbose:
+        for module in ("megatron", "transformer_engine"):
+            warnings.filterwarnings("ignore", module=rf"{module}(\.|$)")
 
 
 def make_pipeline(cfg, runtime):
     from cosmos_dist.models import get_preset
 
-    preset = get_preset(cfg.model.preset)
-    if preset.video2world:
+    if get_preset(cfg.model.preset).video2world:
         from cosmos_dist.pipeline.video2world import Video2WorldPipeline
 
         return Video2WorldPipeline(cfg, runtime)
@@ -59,32 +74,37 @@ def use_sweep_folder(cfg) -> None:
 
 
 def run_cli(cfg) -> int:
-    """Returns the process exit code: 0 all done/skipped, 1 some sample failed, 2 a usage error."""
-    setup_logging(os.environ.get("RANK", "0") == "0")
+    """Run one composed configuration; returns the exit code (cosmos_dist/errors.py): 0 everything done or
+    skipped, 1 some sample failed, 2 a configuration or input error, 3 stopped before the share was finished,
+    4 the shard (or the `prompt=` sample) is being run by another live process (pipeline/lease.py)."""
+    from cosmos_dist.cli_util import is_rank_zero
+    from cosmos_dist.configure import check_config
+
+    setup_logging(is_rank_zero(), cfg.get("log_level", "info"))
     runtime = None
     try:
         use_sweep_folder(cfg)
-        validate_config(cfg)
-        runtime = make_runtime(cfg)
-        setup_logging(runtime.is_global_leader)
-        if hasattr(runtime, "layout"):
-            from cosmos_dist.parallel.guard import run_guarded
+        check_config(cfg)  # the schema's keys and values, as the Python API checks them (configure.py)
+        from cosmos_dist.pipeline.runtime import make_runtime
 
-            # No hangs: a rank that fails ends the job, naming itself and the cause.
-            summary = run_guarded(lambda: make_pipeline(cfg, runtime).run(), runtime.layout)
-        else:
-            summary = make_pipeline(cfg, runtime).run()
+        runtime = make_runtime(cfg.parallel)
+        setup_logging(runtime.is_global_leader, cfg.log_level)
+        # No hangs: under torchrun a rank that fails ends the job, naming itself and the cause. The summary is
+        # gathered over the world inside the guard (a collective: every rank takes part).
+        summary = runtime.guarded(
+            lambda: gather_summary(make_pipeline(cfg, runtime).run(), runtime.is_replica_leader))
+    except ConfigError as exc:
+        if is_rank_zero():  # every rank has the same configuration, hence the same error: say it once
+            print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except CosmosDistError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return getattr(exc, "exit_code", 2)  # 4: the shard is running elsewhere (pipeline/lease.py)
+        return getattr(exc, "exit_code", EXIT_USAGE)  # EXIT_SHARD_BUSY: the shard is running elsewhere
     finally:
         if runtime is not None:
             runtime.close()
-    blocked = getattr(summary, "blocked", [])
-    log.info(
-        "%d done, %d skipped, %d failed%s -> %s", len(summary.done), len(summary.skipped), len(summary.failed),
-        f", {len(blocked)} blocked by the guardrails (no video; not a failure)" if blocked else "", cfg.output_dir,
-    )
-    if summary.failed:
-        log.error("failed: %s (reasons in %s/manifest.jsonl)", ", ".join(summary.failed[:10]), cfg.output_dir)
-    return summary.exit_code
+    if summary.is_leader:
+        log_summary(summary, cfg.output_dir)
+    if summary.stopped_by:
+        return EXIT_INTERRUPTED
+    return EXIT_SAMPLES_FAILED if summary.failed else EXIT_OK

@@ -46,23 +46,26 @@ class Recorder:
 
 def recording_pipeline(cfg, recorder: Recorder, monkeypatch, provider_factory=None):
     """A Text2WorldPipeline whose models report each use to `recorder` (the real models still run)."""
-    from cosmos_dist.pipeline import stages
+    from cosmos_dist.pipeline import denoiser
 
-    real_sample = getattr(stages.sample_latent, "_unrecorded", stages.sample_latent)
+    real_sample = getattr(denoiser.sample_latent, "_unrecorded", denoiser.sample_latent)
 
-    def sample(pipe, sample_id, *a, **k):
-        recorder.events.append(("sample", sample_id))
-        return real_sample(pipe, sample_id, *a, **k)
+    def sample(**kw):
+        recorder.events.append(("sample", kw["sample_id"]))
+        return real_sample(**kw)
 
     sample._unrecorded = real_sample
-    monkeypatch.setattr(stages, "sample_latent", sample)
+    monkeypatch.setattr(denoiser, "sample_latent", sample)
 
     class Recording(Text2WorldPipeline):
-        def load_models(self, assets):
-            super().load_models(assets)
+        def load(self, assets=None):
+            if self.components is not None:
+                return
+            super().load(assets)
+            comps = self.components
             if provider_factory is not None:
-                self.guardrail = provider_factory()
-            g = self.guardrail
+                comps.guardrail = provider_factory()
+            g = comps.guardrail
             if g is not None:
                 check_text, check_video = g.check_text, g.check_video
 
@@ -75,14 +78,14 @@ def recording_pipeline(cfg, recorder: Recorder, monkeypatch, provider_factory=No
                     return check_video(frames)
 
                 g.check_text, g.check_video = t, v
-            decode = self.tokenizer.decode_to_uint8
+            decode = comps.tokenizer.decode_to_uint8
 
             def d(latent):
                 recorder.events.append(("decode",))
                 return decode(latent)
 
-            self.tokenizer.decode_to_uint8 = d
-            res = self.residency
+            comps.tokenizer.decode_to_uint8 = d
+            res = comps.residency
             move_in, move_out = res._move_in, res._move_out
 
             def mi(comp, skip=None):

@@ -399,12 +399,79 @@ def test_bytesio_needs_opt_in(tmp_path):
 
 
 def test_other_pickled_objects_refused(tmp_path, tiny_state):
+    """Only io.BytesIO is ever accepted with allow_unsafe_pickle; anything else needs trust_file."""
     tiny_state["net.blocks.block0.blocks.0.block.attn.attn_op._extra_state"] = zipfile.ZipInfo("x")
     path = tmp_path / "o.pt"
     torch.save(tiny_state, path)
-    msg = _error(path)
-    assert "zipfile.ZipInfo" in msg and "--allow-unsafe-pickle" in msg
-    assert load_dit(path, allow_unsafe_pickle=True).config == TINY
+    for unsafe in (False, True):
+        msg = _error(path, allow_unsafe_pickle=unsafe)
+        assert "refusing to load" in msg and "zipfile.ZipInfo" in msg and "--trust-file" not in msg
+    assert load_dit(path, trust_file=True).config == TINY
+
+
+class _Payload:
+    """Unpickling this calls os.system (posix.system), which creates `marker`: a stand-in for malware."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch '{self.marker}'",))
+
+
+def _cosmos_dist(*argv):
+    """`cosmos-dist SUBCOMMAND ARGS` in a fresh process (the entry point every tool shares)."""
+    import subprocess
+    import sys
+
+    from cosmos_dist.commands import COMMANDS
+
+    code = "import sys; from cosmos_dist.commands import run_command; sys.exit(run_command(sys.argv[1], sys.argv[2:]))"
+    return subprocess.run([sys.executable, "-c", code, COMMANDS[argv[0]], *map(str, argv[1:])],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_malicious_pickle_is_named_and_the_hint_never_runs_it(tmp_path, tiny_state):
+    marker = tmp_path / "payload-ran"
+    tiny_state["net.blocks.block0.blocks.0.block.attn.attn_op._extra_state"] = _Payload(marker)
+    path = tmp_path / "model.pt"
+    torch.save(tiny_state, path)
+
+    first = _cosmos_dist("inspect", path)
+    assert first.returncode == 2 and not marker.exists(), first
+    msg = first.stderr
+    assert "posix.system" in msg and "refusing to load" in msg, msg
+    assert "--trust-file" not in msg and "weights_only=False" not in msg  # nothing steers towards running it
+    # Doing what an older message recommended (and the BytesIO message still does) must not run it either.
+    for argv in (("inspect", path, "--allow-unsafe-pickle"),
+                 ("convert", path, "--output", tmp_path / "OUT.safetensors", "--allow-unsafe-pickle")):
+        res = _cosmos_dist(*argv)
+        assert res.returncode == 2 and "posix.system" in res.stderr, res
+        assert not marker.exists(), argv
+        assert not (tmp_path / "OUT.safetensors").exists()
+    with pytest.raises(CheckpointError, match="posix.system"):
+        load_dit(path, allow_unsafe_pickle=True)
+    assert not marker.exists()
+    # The separate, explicit flag really does unpickle (so the payload above is live, and was refused).
+    _cosmos_dist("inspect", path, "--trust-file")
+    assert marker.exists()
+
+
+def test_bytesio_form_loads_without_full_unpickling(tmp_path, monkeypatch):
+    """allow_unsafe_pickle on the released files' BytesIO form never calls torch.load(weights_only=False)."""
+    path = tmp_path / "b.pt"
+    write_random_checkpoint(path, TINY, extra_state="bytesio", dtype=torch.float32)
+    real = torch.load
+
+    def load(*args, **kwargs):
+        assert kwargs.get("weights_only") is True
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", load)
+    info = inspect_checkpoint(path, allow_unsafe_pickle=True)
+    assert info["valid"] and info["extra_state_forms"] == {"BytesIO": 4}
 
 
 def test_truncated_files(tmp_path):

@@ -4,7 +4,6 @@ write the files of an imagined repository (or raise the hub's own error types)."
 from __future__ import annotations
 
 import fnmatch
-import importlib.util
 import io
 import json
 import subprocess
@@ -160,10 +159,13 @@ def test_plan_matches_what_the_pipeline_reads(tmp_path):
     """The 7B / 14B model configs point at the folders the plan fills."""
     from omegaconf import OmegaConf
 
+    from cosmos_dist.config import ModelConfig
+
     plan = dl.build_plan(["7B", "14B"], ["Text2World"], tmp_path)
     dirs = {t.local_dir for t in plan}
     for name in ("7b_text2world", "14b_text2world"):
-        m = OmegaConf.load(ROOT / "conf" / "model" / f"{name}.yaml")
+        # The YAML holds only what differs from the schema (config.ModelConfig): read it merged, as a run does.
+        m = OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(ROOT / "conf" / "model" / f"{name}.yaml"))
         for key in ("dit_dir", "tokenizer_dir", "text_encoder_dir"):
             assert tmp_path / m[key] in dirs, (name, key)
 
@@ -473,7 +475,65 @@ def test_real_huggingface_hub_wiring(tmp_path, monkeypatch):
     fake = FakeHub()
     monkeypatch.setattr(hf, "snapshot_download", fake.snapshot_download)
     monkeypatch.setattr(hf.HfApi, "list_repo_files", lambda self, repo_id, token=None, **kw: fake.list_repo_files(repo_id))
+    from huggingface_hub.hf_api import RepoFile
+
+    def tree(self, repo_id, recursive=False, token=None, **kw):  # the hub's JSON, parsed by huggingface_hub
+        assert recursive
+        return [RepoFile(path=name, size=8, oid="0" * 40, lfs={"size": 8, "oid": f"{i:064x}", "pointerSize": 130})
+                for i, name in enumerate(fake.repos[repo_id])]
+
+    monkeypatch.setattr(hf.HfApi, "list_repo_tree", tree)
     code, _, err = run_main(["--checkpoint-dir", str(tmp_path)])
     assert code == 0, err
     assert len(fake.calls) == 3 and fake.list_calls == ["google-t5/t5-11b"]
     assert (tmp_path / "google-t5" / "t5-11b" / "model.safetensors").is_file()
+    record = json.loads((tmp_path / "Cosmos-Predict1-7B-Text2World" / "hub-sha256.json").read_text())
+    assert record["files"]["model.pt"] == {"sha256": f"{2:064x}", "size": 8,
+                                           "repo_id": "nvidia/Cosmos-Predict1-7B-Text2World"}
+
+
+class HashingHub(FakeHub):
+    """Serves a real tiny checkpoint as model.pt and publishes the SHA-256 of what it serves (LFS metadata)."""
+
+    def __init__(self, model_bytes: bytes):
+        super().__init__()
+        self.model_bytes = model_bytes
+
+    def snapshot_download(self, repo_id, *, local_dir, **kw):
+        super().snapshot_download(repo_id, local_dir=local_dir, **kw)
+        if (Path(local_dir) / "model.pt").is_file():
+            (Path(local_dir) / "model.pt").write_bytes(self.model_bytes)
+        return local_dir
+
+    def lfs_hashes(self, repo_id, token=None):
+        import hashlib
+
+        return {"model.pt": (hashlib.sha256(self.model_bytes).hexdigest(), len(self.model_bytes))}
+
+    def hub(self):
+        return dl.Hub(snapshot_download=self.snapshot_download, list_repo_files=self.list_repo_files,
+                      lfs_hashes=self.lfs_hashes)
+
+
+def test_download_records_the_hub_sha256_and_inspect_verifies_it(tmp_path, capsys):
+    from cosmos_dist.checkpoint import write_random_checkpoint
+    from cosmos_dist.commands import run_command
+    from cosmos_dist.models import get_preset
+
+    src = tmp_path / "src.pt"
+    write_random_checkpoint(src, get_preset("tiny_text2world"))
+    code, out, err = run_main(["--checkpoint-dir", str(tmp_path / "ck")], HashingHub(src.read_bytes()))
+    assert code == 0, err
+    assert "hub SHA-256 of 1 file(s) recorded in hub-sha256.json" in out
+    model = tmp_path / "ck" / "Cosmos-Predict1-7B-Text2World" / "model.pt"
+    capsys.readouterr()
+    assert run_command("inspect_checkpoint", [str(model), "--verify"]) == 0
+    assert "matches the hub's published hash for nvidia/Cosmos-Predict1-7B-Text2World:model.pt" in capsys.readouterr().out
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped bit pattern inside the tensor data: still loads, wrong weights
+    model.write_bytes(bytes(data))
+    assert run_command("inspect_checkpoint", [str(model), "--verify"]) == 1
+    assert "does not match the hub's" in capsys.readouterr().err
+    (model.parent / "hub-sha256.json").unlink()
+    assert run_command("inspect_checkpoint", [str(model), "--verify"]) == 2
+    assert "no published SHA-256 is recorded" in capsys.readouterr().err

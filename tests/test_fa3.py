@@ -82,9 +82,9 @@ def test_fp8_wrapper_quantises_per_batch_and_head(fake_fa3):
     assert 1e-4 < err < 0.08  # e4m3 has 3 mantissa bits: a few per cent, never exact
     # Same quantisation as the emulated FP8 kernel's q/k/v (one scale per batch and head), exact P:
     # the two agree more closely than either does with exact attention.
-    from cosmos_dist.attention.fp8 import _fp8_attention_reference
+    from cosmos_dist.attention.fp8_triton import fp8_attention_reference
 
-    emu, _ = _fp8_attention_reference(q, k, v)
+    emu, _ = fp8_attention_reference(q, k, v)
     assert rel_err(out, emu) < err
 
 
@@ -92,7 +92,7 @@ def test_kernel_choice_and_errors(monkeypatch):
     from cosmos_dist.attention import fp8 as fp8_mod
     from cosmos_dist.config import PrecisionConfig
     from cosmos_dist.errors import ConfigError
-    from cosmos_dist.pipeline.stages import attention_kernel, fp8_attention_kernel
+    from cosmos_dist.pipeline.plan import attention_kernel, fp8_attention_kernel
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
     assert resolve_attention_kernel("auto", cpu) == "sdpa"
@@ -106,7 +106,7 @@ def test_kernel_choice_and_errors(monkeypatch):
     assert resolve_attention_kernel("auto", gpu) == "fa3" and resolve_attention_kernel("auto", cpu) == "sdpa"
     assert set(local_kernels("fa3")) == {"local", "lse_kernel"} and local_kernels("sdpa") == {}
     # FP8: auto = cudnn, else fa3, else triton.
-    monkeypatch.setattr(fp8_mod, "triton_available", lambda device: device.type == "cuda")
+    monkeypatch.setattr(fp8_mod.fp8_triton, "triton_available", lambda device: device.type == "cuda")
     from cosmos_dist.attention import fp8_cudnn
 
     monkeypatch.setattr(fp8_cudnn, "available", lambda device: False)
@@ -124,7 +124,7 @@ def test_bad_attention_kernel_is_a_config_error(tmp_path):
     from cosmos_dist.errors import ConfigError
 
     bad = small_cfg(tmp_path / "ckpt", tmp_path / "x", "prompt=x", "precision.attention_kernel=flash3")
-    with pytest.raises(ConfigError, match="precision.attention_kernel: 'flash3' is not one of auto, sdpa"):
+    with pytest.raises(ConfigError, match="precision.attention_kernel: 'flash3'; choose auto, sdpa"):
         validate_config(bad)
 
 

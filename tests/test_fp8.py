@@ -7,10 +7,12 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from cosmos_dist.attention.fp8 import _fp8_attention_reference, fp8_attention, fp8_attention_with_lse, quantize_heads
+from cosmos_dist.attention.fp8 import fp8_attention, fp8_attention_with_lse
+from cosmos_dist.attention.fp8_triton import fp8_attention_reference
+from cosmos_dist.kernels.fp8_numerics import E4M3_MAX, quantize_heads, quantize_rows
 from cosmos_dist.attention.local import attention_with_lse, sdpa_attention
 from cosmos_dist.models import build_dit, get_preset
-from cosmos_dist.models.fp8 import E4M3_MAX, Fp8Linear, convert_blocks_to_fp8, quantize_rows, set_fp8_enabled
+from cosmos_dist.models.fp8 import Fp8Linear, convert_blocks_to_fp8, set_fp8_enabled
 from cosmos_dist.parallel.testing import init_gloo, rel_err, spawn_ranks
 
 CUDA_FP8 = torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)
@@ -105,7 +107,7 @@ def test_triton_kernel_matches_emulation_on_gpu():
     for lq, lk in ((1000, 1000), (333, 517)):
         q, k, v = (t.cuda().bfloat16() for t in _peaked_qkv(1, lq, lk, 4, 128, lq))
         out, lse = fp8_attention_with_lse(q, k, v, kernel="triton")
-        emu, emu_lse = _fp8_attention_reference(q, k, v)
+        emu, emu_lse = fp8_attention_reference(q, k, v)
         exact = sdpa_attention(q.float(), k.float(), v.float())
         assert rel_err(out.float(), emu.float()) < 3e-2
         assert rel_err(out.float(), exact) < 8e-2
@@ -125,7 +127,7 @@ def test_cudnn_fp8_attention_on_gpu_is_near_exact_and_returns_the_lse():
 
     def check(out, lse, q, k, v):
         exact, exact_lse = attention_with_lse(q.float(), k.float(), v.float())
-        emu, emu_lse = _fp8_attention_reference(q, k, v)
+        emu, emu_lse = fp8_attention_reference(q, k, v)
         # per-tensor scales and an e4m3 output: a little further from exact than the per-head emulation
         assert rel_err(out.float(), exact) < 1.5 * rel_err(emu.float(), exact) + 2e-2
         assert (lse - exact_lse).abs().max() < 1.5 * (emu_lse - exact_lse).abs().max() + 2e-2
@@ -157,13 +159,13 @@ def test_fp8_attention_kernel_choice(monkeypatch):
     from cosmos_dist.attention import fp8_cudnn
     from cosmos_dist.config import PrecisionConfig
     from cosmos_dist.errors import ConfigError
-    from cosmos_dist.pipeline.stages import fp8_attention_kernel
+    from cosmos_dist.pipeline.plan import fp8_attention_kernel
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
     assert {fp8_mod.resolve_kernel(k, cpu) for k in ("auto", "cudnn", "triton")} == {"emulated"}
     with pytest.raises(ValueError, match="one of"):
         fp8_mod.resolve_kernel("flash", cpu)
-    monkeypatch.setattr(fp8_mod, "triton_available", lambda device: device.type == "cuda")
+    monkeypatch.setattr(fp8_mod.fp8_triton, "triton_available", lambda device: device.type == "cuda")
     for has_frontend, has_fa3, auto in ((True, True, "cudnn"), (False, True, "fa3"), (False, False, "triton")):
         monkeypatch.setattr(fp8_cudnn, "available", lambda device, h=has_frontend: h)
         monkeypatch.setattr(fa3, "available", lambda device, h=has_fa3: h)
@@ -176,7 +178,7 @@ def test_fp8_attention_kernel_choice(monkeypatch):
 
 
 def _ulysses_fp8_worker(rank: int, world: int):
-    from cosmos_dist.attention.context_parallel import make_self_attention
+    from cosmos_dist.parallel.context_parallel import make_self_attention
     from cosmos_dist.parallel.sharding import token_ranges
 
     init_gloo(rank, world)
@@ -349,7 +351,7 @@ def test_compiled_fp8_blocks_match_eager_on_cpu():
     """stages.compile_blocks with the FP8 compile options (Inductor multi_kernel) builds and runs, and the
     compiled FP8 network agrees with the eager one far more closely than FP8 agrees with float32 (the options
     only choose kernel forms; a value on an e4m3 rounding boundary may still round the other way)."""
-    from cosmos_dist.pipeline.stages import FP8_COMPILE_OPTIONS, compile_blocks
+    from cosmos_dist.pipeline.plan import FP8_COMPILE_OPTIONS, compile_blocks
 
     assert FP8_COMPILE_OPTIONS == {"triton.multi_kernel": 1}
     cfg = get_preset("tiny_text2world")
@@ -368,3 +370,37 @@ def test_compiled_fp8_blocks_match_eager_on_cpu():
     assert all(block._compiled_call_impl is not None for block in net.blocks.values())
     fp8_err = rel_err(eager, full)
     assert fp8_err > 1e-4 and rel_err(compiled, eager) < 0.1 * fp8_err
+
+
+def test_shape_rule_keeps_what_scaled_mm_refuses_and_counts_it(caplog):
+    """cuBLASLt (torch._scaled_mm) wants K = in and N = out divisible by 16, not the token count: a layer that
+    misses it stays in the run dtype and is counted; every token count runs the FP8 product."""
+    from cosmos_dist.models import build_dit, get_preset
+    from cosmos_dist.models.fp8 import convert_blocks_to_fp8, fp8_linear_counts, fp8_shape_ok
+
+    assert fp8_shape_ok("cublas", 128, 512) and not fp8_shape_ok("cublas", 128, 520)
+    assert not fp8_shape_ok("cublas", 120, 512)
+    net = build_dit(get_preset("tiny_text2world"), device="cpu", dtype=torch.float32)
+    attn = net.blocks["block1"].blocks[0].block
+    for name, (i, o) in {"to_q": (128, 520), "to_k": (120, 512)}.items():
+        setattr(getattr(attn.attn, name), "0", torch.nn.Linear(i, o, bias=False))
+    with caplog.at_level("INFO", logger="cosmos_dist"):
+        n = convert_blocks_to_fp8(net)
+    assert fp8_linear_counts(net) == {"fp8": n, "run_dtype": 2} and n == 10 * net.config.num_blocks - 2
+    assert "2 stay in the run dtype" in caplog.text and "512x120, 520x128" in caplog.text
+
+
+
+def test_scaled_mm_path_takes_any_token_count(monkeypatch):
+    """21 token rows go through torch._scaled_mm (PyTorch's CPU build runs it too), not a float32 fallback."""
+    from cosmos_dist.models import fp8 as fp8_mod
+
+    monkeypatch.setattr(fp8_mod, "_scaled_mm_supported", lambda device: True)
+    seen = []
+    real = torch._scaled_mm
+    monkeypatch.setattr(torch, "_scaled_mm", lambda a, b, **kw: seen.append(a.shape) or real(a, b, **kw))
+    f8 = Fp8Linear(torch.nn.Linear(32, 16, bias=False))
+    x = torch.randn(3, 7, 32)
+    xq, xs = quantize_rows(x.reshape(21, 32))
+    emu = (xq.float() * xs) @ (f8.weight_fp8.float() * f8.weight_scale.t()).t()
+    assert torch.allclose(f8(x), emu.reshape(3, 7, 16), rtol=1e-5, atol=1e-5) and seen == [(21, 32)]

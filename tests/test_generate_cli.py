@@ -284,7 +284,7 @@ def test_missing_checkpoint_names_path_and_download(tmp_path):
     assert_clean_failure(proc)
     expected = empty / "Cosmos-Predict1-7B-Text2World" / "model.pt"
     assert str(expected) in proc.stderr
-    assert "Download checkpoints" in proc.stderr and "download_checkpoints.py" in proc.stderr
+    assert "Download checkpoints" in proc.stderr and "cosmos-dist download" in proc.stderr
     assert output_files(tmp_path / "out") == []
 
 
@@ -344,3 +344,60 @@ def test_help(tmp_path):
     for key in ("model", "prompt", "num_steps", "guidance", "output_dir", "checkpoint_dir", "tiny_text2world"):
         assert key in proc.stdout, key
     assert not list(tmp_path.iterdir()), "--help must not create files"
+
+
+# ---- exit codes, Ctrl-C, torchrun ----------------------------------------------------------------------
+def test_failures_are_summarised_by_reason(tmp_path, ckpt):
+    prompts = write_jsonl(tmp_path / "p.jsonl", ['{"prompt": "unterminated', '{"bad": 1', {"id": "x", "seed": 1},
+                                                 {"prompt": "a calm lake", "id": "lake"}])
+    proc = generate(tmp_path, ckpt, f"prompts_file={prompts}", "output_dir=out")
+    assert proc.returncode == 1, proc.stderr  # errors.EXIT_SAMPLES_FAILED
+    summary = [line for line in proc.stderr.splitlines() if "failed:" in line and "x invalid JSON" in line]
+    assert summary and "2 x invalid JSON" in summary[0] and "1 x missing \"prompt\"" in summary[0], proc.stderr
+
+
+def test_ctrl_c_stops_with_one_line(tmp_path, ckpt):
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"scene {i}", "id": f"s{i}"} for i in range(6)])
+    out = tmp_path / "out"
+    proc = subprocess.Popen(_argv(ckpt, f"prompts_file={prompts}", "output_dir=out"), cwd=tmp_path, env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline and proc.poll() is None and not list(out.glob("s*.json")):
+            time.sleep(0.01)
+        assert proc.poll() is None, proc.stderr.read()
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 3, err  # errors.EXIT_INTERRUPTED
+    assert "Traceback" not in err and err.count("interrupted") == 1, err
+    finals = {p.name for p in out.iterdir() if ".tmp-" not in p.name}
+    done = set(sidecars(out))
+    assert finals <= {f"{s}.mp4" for s in done} | {f"{s}.json" for s in done} | {f"s{i}.mp4" for i in range(6)} | {"manifest.jsonl"}
+
+
+def _torchrun(cwd: Path, nproc: int, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
+    return subprocess.run(argv, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def test_torchrun_module_form_summarises_every_replica(tmp_path, ckpt):
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"scene {i}", "id": f"s{i}"} for i in range(3)])
+    proc = _torchrun(tmp_path, 2, "-m", "cosmos_dist", "generate", *FAST, f"checkpoint_dir={ckpt}", "height=32",
+                     "width=48", "num_frames=9", "num_steps=2", f"prompts_file={prompts}", "output_dir=out")
+    assert proc.returncode == 0, proc.stderr
+    assert set(sidecars(tmp_path / "out")) == {"s0", "s1", "s2"}
+    lines = [line for line in proc.stderr.splitlines() if " done, " in line]
+    assert len(lines) == 1 and "3 done, 0 skipped, 0 failed" in lines[0], proc.stderr  # both replicas, said once
+    assert "megatron" not in proc.stderr.lower(), proc.stderr  # banners only at log_level=debug
+
+
+def test_torchrun_configuration_error_is_printed_once(tmp_path):
+    proc = _torchrun(tmp_path, 2, str(GENERATE), "model=tiny_text2world", "prompt=x", "num_step=3")
+    assert proc.returncode != 0
+    assert proc.stderr.count("error: num_step: not a configuration key") == 1, proc.stderr
+    proc = _torchrun(tmp_path, 2, str(GENERATE), "model=tiny_text2world", "prompt=x", "num_frames=10")
+    assert proc.stderr.count("error: num_frames:") == 1, proc.stderr

@@ -161,21 +161,21 @@ def test_stage_order_moves_each_model_once_per_chunk_and_same_latents(ckpt, tmp_
 
 
 def test_failure_in_one_sample_does_not_stop_the_chunk(ckpt, tmp_path, monkeypatch):
-    from cosmos_dist.pipeline import stages
+    from cosmos_dist.pipeline import denoiser
 
     prompts = write_prompts(tmp_path / "p.jsonl", [
         {"prompt": "one", "id": "one"}, {"prompt": "two", "id": "two"}, {"prompt": "three", "id": "three"},
     ])
     out = tmp_path / "out"
     cfg = small_cfg(ckpt, out, f"prompts_file={prompts}", "offload=dit")
-    real = stages.sample_latent
+    real = denoiser.sample_latent
 
-    def flaky(pipe, sample_id, *a, **k):
-        if sample_id == "two":
+    def flaky(**kw):
+        if kw["sample_id"] == "two":
             raise RuntimeError("simulated device error")
-        return real(pipe, sample_id, *a, **k)
+        return real(**kw)
 
-    monkeypatch.setattr(stages, "sample_latent", flaky)
+    monkeypatch.setattr(denoiser, "sample_latent", flaky)
     summary = recording_pipeline(cfg, Recorder(), monkeypatch).run()
     assert sorted(summary.done) == ["one", "three"] and summary.failed == ["two"] and summary.exit_code == 1
     m = manifest_by_id(out)

@@ -1,6 +1,7 @@
 """Pinned outputs: the tiny presets on the CPU with a fixed seed give these exact latents, on one process,
-under context parallelism (cp=2) and under cfg-parallel (gloo). Refactors must not move them; a deliberate
-change of the arithmetic (a sampler fix, a new default) updates the pins in its own commit and says why.
+under context parallelism (cp=2), under cfg-parallel (gloo) and with the RES sampler. Refactors must not move
+them; a deliberate change of the arithmetic (a sampler fix, a new default) updates the pins in its own commit and
+says why.
 
 The hashes are of the float32 latent's bytes (`save_latents=true`). The tiny checkpoints are built from fixed
 seeds and a tokenizer that is built, not trained (cosmos_dist/text/tiny.py), so they are the same on every
@@ -28,10 +29,13 @@ PINS = {
     ("tiny_text2world", "single"): "3fb5cbcc8262e13c",
     ("tiny_text2world", "cp2"): "3fb5cbcc8262e13c",
     ("tiny_text2world", "cfg"): "fbef489e16c6fc62",
+    ("tiny_text2world", "res"): "11c98fa5864c2932",
     ("tiny_video2world", "single"): "eeac1998493c3c8a",
     ("tiny_video2world", "cp2"): "eeac1998493c3c8a",
 }
-LAYOUTS = {"single": (1, []), "cp2": (2, ["parallel.cp_size=2"]), "cfg": (2, ["parallel.cfg_parallel=true"])}
+# "res" is the RES sampler on one process (its own initial noise scale, sigma_max, and its own schedule).
+LAYOUTS = {"single": (1, []), "cp2": (2, ["parallel.cp_size=2"]), "cfg": (2, ["parallel.cfg_parallel=true"]),
+           "res": (1, ["sampler.name=res"])}
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from cosmos_dist.attention.context_parallel import (
+from cosmos_dist.parallel.context_parallel import (
     make_self_attention,
     merge_partial,
     resolve_impl,

@@ -111,10 +111,10 @@ def test_failing_rank_ends_the_job_naming_it(tmp_path, ckpt):
     (inject / "sitecustomize.py").write_text(textwrap.dedent("""
         import os
         if os.environ.get("RANK") == "1" and os.environ.get("COSMOS_TEST_FAIL") == "1":
-            import cosmos_dist.pipeline.stages as stages
+            import cosmos_dist.pipeline.denoiser as denoiser
             def sample_latent(*args, **kwargs):
                 raise RuntimeError("injected failure on purpose")
-            stages.sample_latent = sample_latent
+            denoiser.sample_latent = sample_latent
     """))
     env = _env({"PYTHONPATH": f"{inject}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "COSMOS_TEST_FAIL": "1"})
     proc = _run(
@@ -139,4 +139,5 @@ def test_fp8_cp2_ulysses_equals_single_process_fp8(tmp_path, ckpt):
     assert _rel(torch.load(tmp_path / "par" / lat.name), torch.load(lat)) <= 1e-4
     side = json.loads((tmp_path / "par" / lat.name.replace(".latent.pt", ".json")).read_text())
     assert side["precision"]["dit_fp8"] == {"linear": True, "attention": True, "high_precision_steps": 0,
-                                            "linear_kernel": "emulated", "attention_kernel": "emulated"}
+                                            "linear_kernel": "emulated", "attention_kernel": "emulated",
+                                            "linear_layers": {"fp8": 20, "run_dtype": 0}}

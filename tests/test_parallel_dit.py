@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from cosmos_dist.attention.context_parallel import self_attention_for_layout
+from cosmos_dist.parallel.context_parallel import self_attention_for_layout
 from cosmos_dist.models.dit import build_dit
 from cosmos_dist.models.presets import get_preset
 from cosmos_dist.parallel import (

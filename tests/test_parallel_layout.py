@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from cosmos_dist.attention.context_parallel import self_attention_for_layout
+from cosmos_dist.parallel.context_parallel import self_attention_for_layout
 from cosmos_dist.attention.local import sdpa_attention
 from cosmos_dist.errors import ConfigError
 from cosmos_dist.parallel import (

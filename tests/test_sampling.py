@@ -23,6 +23,7 @@ from cosmos_dist.sampling import (
     c_noise,
     c_out,
     c_skip,
+    condition_output,
     euler_sample,
     f_from_denoised,
     fixed_noise,
@@ -32,8 +33,6 @@ from cosmos_dist.sampling import (
     initial_noise,
     karras_sigmas,
     needs_uncond,
-    res_2ab_step,
-    res_first_order_step,
     res_sample,
     res_sigmas,
     sample_seed,
@@ -427,9 +426,9 @@ def test_euler_bf16_casts():
         # c_noise = 0.25 ln(sigma) computed from the float32 sigma, then cast to bf16
         want = (0.25 * torch.log(sigmas[i])).to(torch.bfloat16)
         assert torch.equal(t, want.expand(2))
-    # the first step sees the float32 noise unrounded; later states are stored in bf16
-    assert torch.equal(rec.inputs[0][2], noise)
-    for _, step, x in rec.inputs[1:]:
+    # every state is stored in bf16, the initial noise included (rounded before the first step)
+    assert torch.equal(rec.inputs[0][2], noise.to(torch.bfloat16))
+    for _, step, x in rec.inputs:
         assert x.dtype == torch.bfloat16
     assert out.dtype == torch.float32
     assert torch.equal(out, out.to(torch.bfloat16).float())
@@ -454,12 +453,92 @@ def test_euler_bf16_one_step_by_hand():
 
     rec = Recorder()
     euler_sample(denoise, x, sigmas, dtype=torch.bfloat16, hooks=rec)
+    x = x.to(torch.bfloat16).float()  # the initial state is rounded too, before the step
     s = torch.tensor(3.0)
     assert torch.equal(got["x_net"], (x * (1 / (s**2 + 0.25) ** 0.5)).to(torch.bfloat16))
     cout_f = (c_out(s) * f.to(torch.bfloat16).float()).to(torch.bfloat16).float()
     d = c_skip(s) * x + cout_f
     x1 = (x + (x - d) / s * (torch.tensor(1.5) - s)).to(torch.bfloat16)
     assert torch.equal(rec.inputs[1][2], x1)
+
+
+def test_euler_initial_state_is_rounded_like_the_reference():
+    # The reference's loop casts the state to the run dtype at the top of EVERY iteration, the first included
+    # (Text2World draws float32 noise, Video2World draws bf16 noise directly). Its first step, restated:
+    #   xt = xt.to(bf16); x_net = (c_in * xt) -> bf16; F = net(x_net)
+    #   D = c_skip * xt + (c_out * F) -> bf16; xt = (xt + (xt - D) / s * (s' - s)) -> bf16
+    bf16 = torch.bfloat16
+    sigmas = karras_sigmas(4)[:2]  # one step, 80 -> 27.3
+    noise = initial_noise((4, 512), 9, "first-step")  # float32, as Text2World draws it
+
+    def net(x_net):
+        return (0.3 * x_net.float() - 0.2).to(bf16)
+
+    got = euler_sample(lambda x_net, t, sigma, step: net(x_net), noise, sigmas, dtype=bf16)
+
+    def reference_first_step(xt):
+        s, s_next = sigmas[0], sigmas[1]
+        x32 = xt.float()
+        x_net = (x32 * (1 / (s**2 + 0.25) ** 0.5)).to(bf16)
+        cout_f = (s * 0.5 / (s**2 + 0.25) ** 0.5 * net(x_net).float()).to(bf16).float()
+        d = 0.25 / (s**2 + 0.25) * x32 + cout_f
+        return (x32 + (x32 - d) / s * (s_next - s)).to(bf16).float()
+
+    assert torch.equal(got, reference_first_step(noise.to(bf16)))
+    assert not torch.equal(got, reference_first_step(noise))  # entering unrounded gives other numbers
+    # float32 runs are untouched by the cast
+    assert torch.equal(euler_sample(lambda x, t, s, i: net(x).float(), noise, sigmas),
+                       euler_sample(lambda x, t, s, i: net(x).float(), noise.double(), sigmas))
+
+
+def test_res_initial_state_is_not_rounded():
+    # The reference's RES starts from its float32 noise (x0_fn casts x to the noise's own dtype, float32) and
+    # keeps float64 states after: only the network input is rounded to the run dtype.
+    noise = initial_noise((2, 64), 9, "res-first")
+    rec = Recorder()
+    nets = []
+
+    def denoise(x_net, t, sigma, step):
+        nets.append(x_net)
+        return torch.zeros_like(x_net)
+
+    res_sample(denoise, noise, num_steps=2, dtype=torch.bfloat16, hooks=rec)
+    assert rec.inputs[0][2].dtype == torch.float64 and torch.equal(rec.inputs[0][2], noise.double())
+    assert torch.equal(nets[0], (noise.double() * c_in(80.0)).to(torch.bfloat16))
+
+
+def test_initial_noise_scale_per_sampler_like_the_reference():
+    # Euler: diffusers' init_noise_sigma, sqrt(sigma_max^2 + 1). RES: the reference's training model scales its
+    # noise by sigma_max itself. Same standard normal draw for both.
+    shape = (3, 7)
+    gen = torch.Generator().manual_seed(sample_seed(11, "scale"))
+    unit = torch.randn(shape, generator=gen, dtype=torch.float32)
+    euler, res = SamplerSettings("euler"), SamplerSettings("res")
+    assert euler.init_noise_sigma() == math.sqrt(80.0**2 + 1) and res.init_noise_sigma() == 80.0
+    assert torch.equal(euler.initial_noise(shape, 11, "scale"), unit * math.sqrt(80.0**2 + 1))
+    assert torch.equal(res.initial_noise(shape, 11, "scale"), unit * 80.0)
+    assert torch.equal(SamplerSettings("res", sigma_max=20.0).initial_noise(shape, 11, "scale"), unit * 20.0)
+    assert torch.equal(res.initial_noise(shape, 0, "", seed=sample_seed(11, "scale")), unit * 80.0)
+    assert torch.equal(euler.initial_noise(shape, 11, "scale"), initial_noise(shape, 11, "scale"))
+
+
+def test_condition_replacement_formulas():
+    # Video2World's replaced output on the condition frames (spec 2.6 step 4), restated with sigma_data = 0.5.
+    g = torch.Generator().manual_seed(4)
+    gt = torch.randn(2, 300, generator=g, dtype=torch.float64)
+    x_in = 30 * torch.randn(2, 300, generator=g, dtype=torch.float64)
+    for s in (80.0, 1.7, 0.01):
+        cs, co = 0.25 / (s * s + 0.25), s * 0.5 / math.sqrt(s * s + 0.25)
+        intended = condition_output(gt, x_in, s)
+        torch.testing.assert_close(intended, (gt - cs * x_in) / co, rtol=1e-13, atol=0)
+        torch.testing.assert_close(cs * x_in + co * intended, gt, rtol=0, atol=1e-9 * max(1.0, s))  # D == gt
+        # the reference's code as written: latent / c_out - c_skip * xt
+        as_written = condition_output(gt, x_in, s, "reference")
+        torch.testing.assert_close(as_written, gt / co - cs * x_in, rtol=1e-13, atol=1e-12)
+        torch.testing.assert_close(cs * x_in + co * as_written, gt + cs * (1 - co) * x_in, rtol=1e-12, atol=1e-10)
+        assert (as_written - intended).abs().max() > 1e-3  # the two differ at every sigma here
+    with pytest.raises(ValueError, match="condition_replacement"):
+        condition_output(gt, x_in, 1.0, "as_written")
 
 
 def test_euler_is_layout_agnostic():
@@ -531,7 +610,7 @@ def test_video2world_style_hooks_are_used(sampler):
 
 def test_progress_and_validation():
     ticks = []
-    euler_sample(lambda x, t, s, i: x, torch.zeros(1, 3), karras_sigmas(4), progress=lambda i, n: ticks.append((i, n)))
+    euler_sample(lambda x, t, s, i: x, torch.zeros(1, 3), karras_sigmas(4), progress=lambda i, n, x: ticks.append((i, n)))
     assert ticks == [(0, 4), (1, 4), (2, 4), (3, 4)]
     with pytest.raises(ValueError):
         euler_sample(lambda x, t, s, i: x, torch.zeros(1, 3), torch.tensor([1.0]))
@@ -539,101 +618,6 @@ def test_progress_and_validation():
         euler_sample(lambda x, t, s, i: x, torch.zeros(1, 3), torch.tensor([1.0, 2.0, 0.0]))
     with pytest.raises(ValueError):  # a broadcasting output is a bug, not a sample
         euler_sample(lambda x, t, s, i: x[:, :1], torch.zeros(1, 3), karras_sigmas(2))
-
-
-# --------------------------------------------------------------------------------------------
-# RES 2ab (spec 2.7)
-
-
-def test_res_first_order_step_by_hand():
-    x_s = torch.tensor([4.0], dtype=torch.float64)
-    x0 = torch.tensor([1.0], dtype=torch.float64)
-    # from 2 to 0.5: (1.5/2)*1 + (0.5/2)*4 = 0.75 + 1.0
-    assert float(res_first_order_step(x_s, x0, 2.0, 0.5)) == pytest.approx(1.75, rel=1e-15)
-
-
-def test_res_2ab_step_exact_for_x0_affine_in_log_sigma():
-    # dx/dlambda = D - x with lambda = -ln sigma. For D = p + q (lambda - lambda_s) the exact solution
-    # over dt is e^-dt x_s + p (1 - e^-dt) + q (dt - 1 + e^-dt); AB2 interpolates D exactly.
-    s_prev, s, t = 3.0, 1.7, 0.6
-    p, q = 0.8, -0.45
-    lam = lambda v: -math.log(v)  # noqa: E731
-    dt = lam(t) - lam(s)
-    x_s = torch.tensor([2.5], dtype=torch.float64)
-    x0_s = torch.tensor([p], dtype=torch.float64)
-    x0_prev = torch.tensor([p + q * (lam(s_prev) - lam(s))], dtype=torch.float64)
-    exact = math.exp(-dt) * 2.5 + p * (1 - math.exp(-dt)) + q * (dt - 1 + math.exp(-dt))
-    assert float(res_2ab_step(x_s, x0_s, x0_prev, s, t, s_prev)) == pytest.approx(exact, rel=1e-13)
-    # constant x0 reduces to the first-order step
-    same = res_2ab_step(x_s, x0_s, x0_s, s, t, s_prev)
-    torch.testing.assert_close(same, res_first_order_step(x_s, x0_s, s, t), rtol=1e-14, atol=1e-14)
-
-
-def test_res_two_steps_by_hand():
-    # num_steps = 2: evaluations at sigma_0, sigma_1 (steps) and sigma_2 (sample clean).
-    d = [0.5, -0.25, 1.5]  # D returned at each evaluation, whatever x is
-    x_start = torch.tensor([[10.0]])
-    sig = res_sigmas(2, sigma_min=0.01, sigma_max=20.0).tolist()
-
-    def denoise(x_net, t, sigma, step):
-        x = x_net.double() / c_in(sigma)
-        assert sigma == sig[step]
-        return f_from_denoised(torch.full_like(x, d[step]), x, sigma).float()
-
-    rec = Recorder()
-    ticks = []
-    out = res_sample(denoise, x_start, num_steps=2, sigma_min=0.01, sigma_max=20.0, hooks=rec,
-                     progress=lambda i, n: ticks.append((i, n)))
-    s0, s1, s2 = sig
-    x1 = (s0 - s1) / s0 * d[0] + s1 / s0 * 10.0
-    lam = [-math.log(v) for v in sig]
-    dt = lam[2] - lam[1]
-    c2 = (lam[0] - lam[1]) / dt
-    h = -dt
-    phi1 = (math.exp(h) - 1) / h
-    phi2 = (phi1 - 1) / h
-    b1, b2 = phi1 - phi2 / c2, phi2 / c2
-    x2 = math.exp(-dt) * x1 + dt * (b1 * d[1] + b2 * d[0])
-    assert float(rec.inputs[1][2]) == pytest.approx(x1, rel=1e-6)
-    assert float(rec.inputs[2][2]) == pytest.approx(x2, rel=1e-6)
-    assert float(out) == pytest.approx(d[2], rel=1e-6)  # the final clean evaluation is returned
-    assert [st for _, st, _ in rec.inputs] == [0, 1, 2]
-    assert ticks == [(0, 3), (1, 3), (2, 3)]
-    assert all(x.dtype == torch.float64 for _, _, x in rec.inputs[1:])  # the RES state is float64
-    assert out.dtype == torch.float32
-
-
-def test_res_point_mass_and_gaussian():
-    torch.manual_seed(2)
-    a = torch.randn(2, 16, 2, 2, 3)
-    noise = initial_noise(a.shape, 1, "res")
-    torch.testing.assert_close(res_sample(point_mass_denoiser(a), noise), a, rtol=1e-5, atol=1e-5)
-    # Gaussian: second-order convergence to the exact ODE endpoint (error ~ steps^-2)
-    mu, s = 0.3, 0.7
-    x = initial_noise((2000,), 1, "res-gauss")
-    errs = []
-    for n in (35, 70):
-        o = res_sample(gaussian_denoiser(mu, s), x, num_steps=n, sigma_min=1e-4)
-        errs.append(float((o.double() - gaussian_ode_endpoint(x, mu, s, 80.0)).abs().max()))
-    assert errs[1] < errs[0] / 3, errs
-    # and it beats Euler at equal step count
-    e = euler_sample(gaussian_denoiser(mu, s), x, karras_sigmas(35, sigma_min=1e-4))
-    assert errs[0] < float((e.double() - gaussian_ode_endpoint(x, mu, s, 80.0)).abs().max()) / 2
-
-
-def test_res_bf16_casts():
-    seen = []
-
-    def denoise(x_net, t, sigma, step):
-        seen.append((x_net.dtype, t.dtype, t.shape, sigma, t.clone()))
-        return torch.zeros_like(x_net)
-
-    out = res_sample(denoise, torch.randn(3, 4, 64), num_steps=3, dtype=torch.bfloat16)
-    assert [v[:3] for v in seen] == [(torch.bfloat16, torch.bfloat16, (3,))] * 4
-    # defaults: sigma_max 80 down to RES's own sigma_min 0.002, c_noise cast to bf16
-    assert seen[0][3] == 80.0 and seen[-1][3] == pytest.approx(0.002, rel=1e-12)
-    assert torch.equal(seen[-1][4], torch.tensor(0.25 * math.log(0.002), dtype=torch.bfloat16).expand(3))
-    assert out.dtype == torch.float32
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from cosmos_dist.commands import shard_status
 from cosmos_dist.io.records import write_json_atomic
 from cosmos_dist.pipeline.lease import EXIT_SHARD_BUSY, ShardBusy, ShardLease, read_lease, shard_lease_path
 

@@ -139,7 +139,7 @@ def test_word_and_token_counts(encoder):
 def test_prompt_rules(encoder):
     assert encoder.check_prompt("A robot arm picks up a cube.") == ("A robot arm picks up a cube.", [])
     # The module function takes a tokenizer or the encoder itself.
-    assert check_prompt("A dog.", encoder) == check_prompt("A dog.", encoder.tokenizer) == ("A dog.", [])
+    assert check_prompt("A dog.", encoder.tokenizer) == encoder.check_prompt("A dog.") == ("A dog.", [])
 
     for empty in ("", "   \n\t"):
         with pytest.raises(InputError, match="empty"):

@@ -264,5 +264,5 @@ def test_decode_chunk_setting_reaches_the_pipeline_tokenizer(tmp_path, monkeypat
     pipe = recording_pipeline(cfg, rec, monkeypatch)
     summary = pipe.run()
     assert len(summary.done) == 1 and ("in", "tokenizer") in rec.events
-    tok = pipe.tokenizer.tokenizer
+    tok = pipe.components.tokenizer.tokenizer
     assert isinstance(tok.decoder, CV8x8x8Decoder) and tok.decode_chunk_frames == 1

@@ -122,7 +122,7 @@ def test_pipeline_records_both_prompts_and_checks_the_upsampled_one(ckpt, lm_dir
 
 def test_config_needs_a_model_dir(tmp_path):
     from cosmos_dist.config import validate_config
-    from cosmos_dist.pipeline.optional_models import check_upsampler
+    from cosmos_dist.pipeline.components import check_upsampler
     from pipeline_helpers import compose
 
     with pytest.raises(ConfigError, match="upsampler.model_dir"):

@@ -27,10 +27,12 @@ from cosmos_dist.io.visual_input import (
     resize_frames,
     resize_plan,
 )
-from cosmos_dist.pipeline import stages
+from cosmos_dist.pipeline.denoiser import latent_shape, sample_latent
+from cosmos_dist.pipeline.results import Sample
 from cosmos_dist.pipeline.runtime import SingleProcess
 from cosmos_dist.pipeline.video2world import (
     AUGMENT_SIGMA,
+    REFERENCE_REPLACEMENT_NOTE,
     ConditionHooks,
     Video2WorldPipeline,
     condition_latent_frames,
@@ -93,7 +95,7 @@ def make_pipeline(cfg) -> tuple[Video2WorldPipeline, object]:
     validate_config(cfg)
     pipe = Video2WorldPipeline(cfg, SingleProcess())
     work, assets = pipe.prepare()
-    pipe.load_models(assets)
+    pipe.load(assets)
     return pipe, work
 
 
@@ -244,18 +246,23 @@ def test_stretch_is_antialiased_bicubic_of_normalised_pixels():
 def test_config_checks(tmp_path):
     ok = compose("model=tiny_video2world", "prompt=x", "input_path=a.png")
     validate_config(ok)
-    assert ok.num_input_frames == 1 and ok.resize_mode == "stretch"
+    assert ok.num_input_frames == 1 and ok.resize_mode == "stretch" and ok.condition_replacement == "intended"
+    validate_config(compose("model=tiny_video2world", "prompt=x", "input_path=a.png",
+                            "condition_replacement=reference"))
     validate_config(compose("model=tiny_video2world", "prompts_file=p.jsonl"))
     for overrides, field in (
         (["prompt=x"], "input_path"),
         (["prompt=x", "input_path=a.png", "num_input_frames=3"], "num_input_frames"),
         (["prompt=x", "input_path=a.png", "resize_mode=zoom"], "resize_mode"),
+        (["prompt=x", "input_path=a.png", "condition_replacement=as_written"], "condition_replacement"),
         (["prompt=x", "input_path=a.png", "num_input_frames=9", "num_frames=9"], "num_frames"),
     ):
         with pytest.raises(ConfigError, match=field):
             validate_config(compose("model=tiny_video2world", *overrides))
     with pytest.raises(ConfigError, match="input_path"):
         validate_config(compose("model=tiny_text2world", "prompt=x", "input_path=a.png"))
+    with pytest.raises(ConfigError, match="condition_replacement"):
+        validate_config(compose("model=tiny_text2world", "prompt=x", "condition_replacement=reference"))
     for name in ("7b_video2world", "14b_video2world"):
         cfg = compose(f"model={name}", "prompt=x", "input_path=a.png")
         validate_config(cfg)
@@ -296,10 +303,10 @@ class RecordingCondition:
 
 def expected_gt(pipe, frames_uint8, n: int) -> torch.Tensor:
     cfg = pipe.cfg
-    x = resize_frames(frames_uint8[-n:], cfg.height, cfg.width, "stretch", pipe.tokenizer_dtype)
-    clip = torch.zeros(1, 3, cfg.num_frames, cfg.height, cfg.width, dtype=pipe.tokenizer_dtype)
+    x = resize_frames(frames_uint8[-n:], cfg.height, cfg.width, "stretch", pipe.plan.tokenizer_dtype)
+    clip = torch.zeros(1, 3, cfg.num_frames, cfg.height, cfg.width, dtype=pipe.plan.tokenizer_dtype)
     clip[0, :, :n] = x.permute(1, 0, 2, 3)
-    return pipe.tokenizer.tokenizer.encode(clip).float()
+    return pipe.components.tokenizer.tokenizer.encode(clip).float()
 
 
 @pytest.mark.parametrize("num_input_frames", [1, 9])
@@ -310,34 +317,34 @@ def test_conditioning_math_35_steps(ckpt, assets_dir, tmp_path, monkeypatch, num
     pipe, work = make_pipeline(cfg)
     item = work.items[0]
     seed = 5
-    condition = pipe.sampling_condition(item, seed, {}, [])
+    condition = pipe.condition(cfg, Sample(item=item, seed=seed, negative=cfg.negative_prompt))
     k = condition_latent_frames(num_input_frames)
     assert k == {1: 1, 9: 2}[num_input_frames] and condition.num_condition_frames == k
 
     # gt is the tokenizer encoding of the last N input frames, first in a zero-padded clip.
     frames = read_visual_input(source).frames
-    tok = pipe.tokenizer.tokenizer
+    tok = pipe.components.tokenizer.tokenizer
     assert isinstance(tok.encoder, CV8x8x8Encoder) and tok.encode_chunk_frames == 1  # our streaming encode
     assert torch.equal(condition.gt, expected_gt(pipe, frames, num_input_frames))
-    shape = stages.latent_shape(cfg)
+    shape = latent_shape(cfg)
     assert tuple(condition.gt.shape) == shape == (1, 16, 3, 4, 6)
     assert condition.mask.shape == (1, 1, 3, 4, 6)
     assert condition.mask[0, 0, :k].eq(1).all() and condition.mask[0, 0, k:].eq(0).all()
 
     # The network input's mask channel is 1 on the condition frames, in both CFG branches, at every step.
     seen_masks = []
-    forward = pipe.net.forward_tokens
+    forward = pipe.components.net.forward_tokens
 
     def spy_forward(tokens, *args, **kwargs):
         seen_masks.append(tokens[..., 64:68].detach().clone())
         return forward(tokens, *args, **kwargs)
 
-    monkeypatch.setattr(pipe.net, "forward_tokens", spy_forward)
+    monkeypatch.setattr(pipe.components.net, "forward_tokens", spy_forward)
     cond, uncond = pipe.encode(item.prompt, cfg.negative_prompt)
     rec = RecordingCondition(condition)
-    stages.sample_latent(pipe, item.sample_id, seed, cond, uncond, rec)
+    sample_latent(net=pipe.components.net, plan=pipe.plan, runtime=pipe.runtime, cfg=cfg, sample_id=item.sample_id, seed=seed, cond=cond, uncond=uncond, condition=rec)
 
-    net = pipe.net
+    net = pipe.components.net
     gt_tok, grid = net.patchify(condition.gt)
     per_frame = grid[1] * grid[2]
     ind = torch.zeros(gt_tok.shape[1], dtype=torch.bool)
@@ -368,12 +375,66 @@ def test_conditioning_math_35_steps(ckpt, assets_dir, tmp_path, monkeypatch, num
             assert (d[:, ind] - gt_tok[:, ind]).abs().max() > 1e-4
 
 
+@pytest.mark.parametrize("replacement", ["intended", "reference"])
+def test_condition_replacement_choice(ckpt, assets_dir, tmp_path, monkeypatch, replacement):
+    """intended (default): the condition frame ends as the encoded input within bf16 rounding and decodes to the
+    tokenizer round trip of the input. reference: F_rep is the reference's code as written,
+    latent / c_out - c_skip * xt, and the frame drifts. The sidecar records the choice. A bf16 DiT, as on a GPU."""
+    monkeypatch.chdir(assets_dir)  # a relative input path: the sample id, and so the noise, is fixed
+    cfg = small_cfg(ckpt, tmp_path / "out", "prompt=a robot arm", "input_path=photo.png", "num_steps=3",
+                    "precision.dit_dtype=bfloat16", f"condition_replacement={replacement}")
+    pipe, work = make_pipeline(cfg)
+    item = work.items[0]
+    sample = Sample(item=item, seed=5, negative=cfg.negative_prompt)
+    condition = pipe.condition(cfg, sample)
+    assert (REFERENCE_REPLACEMENT_NOTE in sample.notes) == (replacement == "reference")
+    cond, uncond = pipe.encode(item.prompt, cfg.negative_prompt)
+    rec = RecordingCondition(condition)
+    latent = sample_latent(net=pipe.components.net, plan=pipe.plan, runtime=pipe.runtime, cfg=cfg,
+                           sample_id=item.sample_id, seed=5, cond=cond, uncond=uncond, condition=rec)
+    assert pipe.sidecar_extra(sample)["video2world"]["condition_replacement"] == replacement
+
+    # The replaced output of every active step, restated (sigma_data 0.5; sigma rounded to bf16 as the reference).
+    gt_tok, grid = pipe.components.net.patchify(condition.gt)
+    ind = torch.zeros(gt_tok.shape[1], dtype=torch.bool)
+    ind[: grid[1] * grid[2]] = True  # one condition latent frame
+    gt = gt_tok[:, ind]
+    active = [st for st in rec.steps if float(torch.tensor(st["sigma"]).to(torch.bfloat16)) > AUGMENT_SIGMA]
+    assert len(rec.steps) == 3 and len(active) == 2
+    for st in active:
+        s = float(torch.tensor(st["sigma"]).to(torch.bfloat16))
+        c_skip_s, c_out_s = 0.25 / (s**2 + 0.25), s * 0.5 / (s**2 + 0.25) ** 0.5
+        x_in = st["x_in"][:, ind].float()
+        want = (gt - c_skip_s * x_in) / c_out_s if replacement == "intended" else gt / c_out_s - c_skip_s * x_in
+        torch.testing.assert_close(st["f_used"][:, ind].float(), want, rtol=1e-6, atol=1e-6 * float(want.abs().max()))
+
+    # The state entering the last step (sigma 0.0002 <= the augment sigma, denoised freely as in the reference):
+    # with the intended replacement it is the encoded input within bf16 rounding at the frame's scale (F_rep and
+    # c_out F are rounded to bf16, the state too, and the hooks use the bf16 sigma where the step uses float32).
+    entering = rec.steps[-1]["x"][:, ind].float()
+    latent_err, latent_tolerance = float((entering - gt).abs().max()), 2**-7 * float(gt.abs().max())
+    # The causal decoder makes pixel frame 0 from latent frame 0 alone: compare it with the input's round trip,
+    # to within a few bf16 roundings of its range (the state is stored in bf16; the free last step moves it by
+    # c_out(0.0002) F).
+    tok = pipe.components.tokenizer.tokenizer
+    decoded = tok.decode(latent)[:, :, 0]
+    round_trip = tok.decode(condition.gt)[:, :, 0]
+    decoded_tolerance = 2**-6 * float(round_trip.abs().max())
+    decoded_err = float((decoded - round_trip).abs().max())
+    if replacement == "intended":
+        assert latent_err <= latent_tolerance, (latent_err, latent_tolerance)
+        assert decoded_err <= decoded_tolerance, (decoded_err, decoded_tolerance)
+    else:
+        assert latent_err > 10 * latent_tolerance, (latent_err, latent_tolerance)
+        assert decoded_err > 10 * decoded_tolerance, (decoded_err, decoded_tolerance)
+
+
 def test_hooks_slice_like_the_state_under_context_parallelism(ckpt, assets_dir, tmp_path):
     """Each cp rank's hooks are exactly the full hooks restricted to its token range."""
     cfg = small_cfg(ckpt, tmp_path / "out", "prompt=a dog", f"input_path={assets_dir / 'clip12.mp4'}", "num_input_frames=9")
     pipe, work = make_pipeline(cfg)
-    condition = pipe.sampling_condition(work.items[0], 3, {}, [])
-    full = condition.step_hooks(pipe.net, None)
+    condition = pipe.condition(cfg, Sample(item=work.items[0], seed=3, negative=cfg.negative_prompt))
+    full = condition.step_hooks(pipe.components.net, None)
     n = full.gt.shape[1]
     x = torch.randn(1, n, 64)
     f = torch.randn(1, n, 64)
@@ -381,7 +442,7 @@ def test_hooks_slice_like_the_state_under_context_parallelism(ckpt, assets_dir, 
         x_in = full.network_input(x, sigma, 0)
         f_out = full.replace_output(f, x_in, sigma, 0)
         for lo, hi in ((0, 7), (7, 13), (13, n)):  # uneven shards, cutting through latent frames
-            part = condition.step_hooks(pipe.net, (lo, hi))
+            part = condition.step_hooks(pipe.components.net, (lo, hi))
             xs_in = part.network_input(x[:, lo:hi], sigma, 0)
             assert torch.equal(xs_in, x_in[:, lo:hi])
             assert torch.equal(part.replace_output(f[:, lo:hi], xs_in, sigma, 0), f_out[:, lo:hi])

@@ -205,8 +205,7 @@ def fp8_quality(net, cfg, device, steps: int, grid, variant: str, kernel: str = 
     FP8 network; at every step the BF16 network is also evaluated on the same input, giving the
     relative error of the network output per step; then a separate BF16 run from the same seed gives
     the relative error of the final latent. Runs at `grid` (a reduced latent) to fit in the time."""
-    from cosmos_dist.pipeline.denoiser import GuidedDenoiser
-    from cosmos_dist.pipeline.stages import mask_tokens
+    from cosmos_dist.pipeline.denoiser import GuidedDenoiser, mask_tokens
     from cosmos_dist.sampling import SamplerSettings, initial_noise
 
     shape = (1, cfg.latent_channels, *grid)
@@ -306,8 +305,8 @@ def run_fp8(net, cfg, grid_latent, modes, result, args, timer, flops, device, bf
     linear_kernel = resolve_linear_kernel(args.fp8_linear_kernel, device)
     # Keep the bf16 weights beside the FP8 copies so one network serves both sides of the comparison.
     n = convert_blocks_to_fp8(net, keep_high_precision=True, kernel=linear_kernel)
-    if args.compile:  # recompiled with the pipeline's FP8 compile options (stages.compile_blocks)
-        from cosmos_dist.pipeline.stages import compile_blocks
+    if args.compile:  # recompiled with the pipeline's FP8 compile options (plan.compile_blocks)
+        from cosmos_dist.pipeline.plan import compile_blocks
 
         torch._dynamo.reset()
         compile_blocks(net, fp8=True)
@@ -422,7 +421,7 @@ def main(argv=None) -> int:
         if args.compile:
             # FP8 variants and the reduced quality latent each compile their own graphs.
             torch._dynamo.config.cache_size_limit = max(64, torch._dynamo.config.cache_size_limit)
-            from cosmos_dist.pipeline.stages import compile_blocks
+            from cosmos_dist.pipeline.plan import compile_blocks
 
             compile_blocks(net)  # as the pipeline does (precision.compile); FP8 recompiles below
         from cosmos_dist.attention import get_local_attention

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cosmos_dist.attention.context_parallel import merge_partial  # noqa: E402
+from cosmos_dist.parallel.context_parallel import merge_partial  # noqa: E402
 from cosmos_dist.attention.local import attention_with_lse, sdpa_attention  # noqa: E402
 from cosmos_dist.parallel.sharding import token_ranges  # noqa: E402
 

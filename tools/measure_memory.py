@@ -11,7 +11,7 @@ then the stages of one sample run in the pipeline's order and each stage's peak 
 
     guardrail text check -> upsampler -> guardrail check of the upsampled prompt -> T5 (prompt + negative, 512
     tokens each) -> [v2w: tokenizer encode of the 121-frame input clip] -> `--steps` guided DiT steps through
-    stages.sample_latent (the pipeline's sampler, cfg mode as configured) -> tokenizer decode -> video guardrail
+    denoiser.sample_latent (the pipeline's sampler, cfg mode as configured) -> tokenizer decode -> video guardrail
     (SigLIP on every frame + a face-detector stand-in)
 
 Stand-ins (random weights, real sizes):
@@ -213,7 +213,7 @@ def build_dit(preset: str, device, compile_blocks: bool, fp8: bool = False):
         if fp8:  # as the pipeline's load_dit does for precision=fp8: before compiling
             convert_blocks_to_fp8(net)
     if compile_blocks:
-        from cosmos_dist.pipeline.stages import compile_blocks as compile_net
+        from cosmos_dist.pipeline.plan import compile_blocks as compile_net
 
         compile_net(net, fp8=fp8)  # as the pipeline's load_dit does
     return net
@@ -251,7 +251,8 @@ class Meter:
 
 
 def run_sample(m, res, meter: Meter, args, kind: str, preset_cfg) -> None:
-    from cosmos_dist.pipeline import stages
+    from cosmos_dist.pipeline.denoiser import latent_shape, sample_latent
+    from cosmos_dist.pipeline.plan import PrecisionPlan
     from cosmos_dist.pipeline.residency import uses
     from cosmos_dist.sampling import AUGMENT_STREAM, fixed_noise
 
@@ -284,7 +285,7 @@ def run_sample(m, res, meter: Meter, args, kind: str, preset_cfg) -> None:
     cond, uncond = emb[:1], emb[1:]
 
     condition = None
-    shape = stages.latent_shape(preset_cfg.run, 16)
+    shape = latent_shape(preset_cfg.run, 16)
     if kind == "v2w":
         from cosmos_dist.pipeline.video2world import Video2WorldCondition
 
@@ -301,9 +302,11 @@ def run_sample(m, res, meter: Meter, args, kind: str, preset_cfg) -> None:
 
     def dit():
         with uses(res, "dit"):
-            pipe = SimpleNamespace(cfg=preset_cfg.run, net=m.net, layout=preset_cfg.layout, device=dev,
-                                   attention_kernel=stages.attention_kernel(preset_cfg.run.precision, dev))
-            return stages.sample_latent(pipe, "measure", 1, cond.to(dev), uncond.to(dev), condition)
+            # The pipeline's own precision plan and sampling function (pipeline/plan.py, pipeline/denoiser.py).
+            run = preset_cfg.run
+            plan = PrecisionPlan.resolve(run, preset_cfg.layout)
+            return sample_latent(net=m.net, plan=plan, runtime=preset_cfg.layout, cfg=run, sample_id="measure", seed=1,
+                                 cond=cond.to(dev), uncond=uncond.to(dev), condition=condition)
     latent = meter.stage("dit_sampling", dit)
     del cond, uncond, condition
 
@@ -517,6 +520,7 @@ def main(argv=None) -> int:
         run = OmegaConf.structured(GenerateConfig)
         run.num_steps = args.steps
         run.progress = False
+        run.device = device.type
         run.parallel.batch_cfg = args.cfg_mode == "batch"
         run.precision.fp8_linear = run.precision.fp8_attention = args.precision == "fp8"
         if args.tiny:

@@ -22,7 +22,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cosmos_dist.attention import fp8 as fp8_attn  # noqa: E402
+from cosmos_dist.attention import fp8_triton  # noqa: E402
+from cosmos_dist.attention.fp8 import fp8_attention  # noqa: E402
+from cosmos_dist.kernels.fp8_numerics import quantize_heads  # noqa: E402
 from cosmos_dist.attention.local import get_local_attention  # noqa: E402
 from benchmark import Timer  # noqa: E402  (tools/benchmark.py)
 
@@ -45,7 +47,7 @@ def main(argv=None) -> int:
     ap.add_argument("--ref-queries", type=int, default=512)
     ap.add_argument("--output")
     args = ap.parse_args(argv)
-    if not fp8_attn.triton_available(torch.device("cuda")):
+    if not fp8_triton.triton_available(torch.device("cuda")):
         print("needs a CUDA GPU with FP8 tensor cores and Triton", file=sys.stderr)
         return 2
     b, l, h, d = 1, args.seq_len, args.heads, args.head_dim
@@ -69,16 +71,16 @@ def main(argv=None) -> int:
     t = timed(lambda: cudnn(q, k, v))
     result["kernels"]["cudnn_bf16"] = {"ms": round(t * 1e3, 2), "tflops": round(flops / t / 1e12, 1), "rel_err": round(err(cudnn(q, k, v)), 5)}
     print("cudnn bf16", result["kernels"]["cudnn_bf16"], flush=True)
-    q8, qs = fp8_attn.quantize_heads(q)
-    k8, ks = fp8_attn.quantize_heads(k)
-    v8, vs = fp8_attn.quantize_heads(v)
+    q8, qs = quantize_heads(q)
+    k8, ks = quantize_heads(k)
+    v8, vs = quantize_heads(v)
     vt8 = v8.permute(0, 2, 3, 1).contiguous()
-    t = timed(lambda: [fp8_attn.quantize_heads(x) for x in (q, k, v)])
+    t = timed(lambda: [quantize_heads(x) for x in (q, k, v)])
     result["quantize_eager_ms"] = round(t * 1e3, 2)
     for cfg in CONFIGS:
         name = "fp8_bm{}_bn{}_w{}_s{}_ws{}".format(*cfg)
         try:
-            fn = lambda: fp8_attn._launch(q8, k8, vt8, qs, ks, vs, torch.bfloat16, *cfg)  # noqa: E731
+            fn = lambda: fp8_triton.launch(q8, k8, vt8, qs, ks, vs, torch.bfloat16, *cfg)  # noqa: E731
             t = timed(fn)
             out, _ = fn()
             entry = {"ms": round(t * 1e3, 2), "tflops": round(flops / t / 1e12, 1), "rel_err": round(err(out), 5)}
@@ -95,13 +97,13 @@ def main(argv=None) -> int:
         o8, _ = fp8_cudnn._cudnn_fp8_attention_op(q8c, k8c, v8c, dq, dk, dv)
         result["kernels"]["cudnn_fp8"] = {"ms": round(t * 1e3, 2), "tflops": round(flops / t / 1e12, 1),
                                           "rel_err": round(err((o8.float() * dv).bfloat16()), 5)}
-        t = timed(lambda: fp8_attn.fp8_attention(q, k, v, kernel="cudnn"))
+        t = timed(lambda: fp8_attention(q, k, v, kernel="cudnn"))
         result["kernels"]["cudnn_fp8_with_quantisation_eager"] = {"ms": round(t * 1e3, 2)}
         print("cudnn fp8", result["kernels"]["cudnn_fp8"], flush=True)
     else:
         result["kernels"]["cudnn_fp8"] = {"error": "nvidia-cudnn-frontend not installed (pip install -e .[fp8])"}
-    out = fp8_attn.fp8_attention(q, k, v, kernel="triton")
-    result["fp8_attention_default"] = {"rel_err": round(err(out), 5), "config": list(fp8_attn.DEFAULT_CONFIG)}
+    out = fp8_attention(q, k, v, kernel="triton")
+    result["fp8_attention_default"] = {"rel_err": round(err(out), 5), "config": list(fp8_triton.DEFAULT_CONFIG)}
     if args.output:
         Path(args.output).write_text(json.dumps(result, indent=2))
     return 0

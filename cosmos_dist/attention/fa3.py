@@ -96,7 +96,7 @@ def fa3_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Te
 
 def fa3_fp8_attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """FP8 attention through FA3: q, k, v quantised to e4m3 with one scale per (batch, head); out in q's dtype."""
-    from cosmos_dist.attention.fp8 import quantize_heads
+    from cosmos_dist.kernels.fp8_numerics import quantize_heads
 
     q8, qs = quantize_heads(q)
     k8, ks = quantize_heads(k)

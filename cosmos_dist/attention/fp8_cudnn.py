@@ -3,8 +3,8 @@
 cuDNN ships an FP8 flash-attention forward for Hopper (the kernel Transformer Engine uses for
 `fp8_dpa`). PyTorch does not expose it, so this module builds the cuDNN graph itself with the
 `nvidia-cudnn-frontend` package (an optional extra, a small wheel; the cuDNN library it drives is the
-one PyTorch already loaded). Without that package `cosmos_dist.attention.fp8` runs its Triton kernel;
-where cuDNN rejects a shape, the same quantised inputs go to the Triton kernel (logged once per shape).
+one PyTorch already loaded). Without that package FP8 attention runs the Triton kernel
+(cosmos_dist.attention.fp8_triton); where cuDNN rejects a shape, the same quantised inputs go to the Triton kernel (logged once per shape).
 
 Numerics (bshd in, bshd out, no mask, softmax scale 1/sqrt(D)):
 * q, k and v are quantised to e4m3 with ONE scale per tensor (cuDNN's FP8 graph takes scalar
@@ -25,7 +25,7 @@ import threading
 
 import torch
 
-from cosmos_dist.models.fp8 import E4M3, E4M3_MAX, quantize_e4m3
+from cosmos_dist.kernels.fp8_numerics import E4M3, E4M3_MAX, quantize_e4m3
 
 P_SCALE = 256.0
 
@@ -140,11 +140,11 @@ def _cudnn_fp8_attention_op(
     key = _key(q8, k8, v8)
     g = _graph(key)
     if g is None:  # cuDNN rejects this configuration: the Triton kernel, its output stored the same way
-        from cosmos_dist.attention.fp8 import _launch
+        from cosmos_dist.attention.fp8_triton import launch
 
         b, _, h, _ = q8.shape
         vt8 = v8.permute(0, 2, 3, 1).contiguous()  # (B, H, D, L), as the Triton kernel wants v
-        out, lse = _launch(q8, k8, vt8, dq.expand(b, h), dk.expand(b, h), dv.expand(b, h), torch.bfloat16)
+        out, lse = launch(q8, k8, vt8, dq.expand(b, h), dk.expand(b, h), dv.expand(b, h), torch.bfloat16)
         return (out.float() / dv).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3), lse
     cudnn = frontend()
     handle = _handle(cudnn, key[0])

@@ -2,7 +2,7 @@
 
 Every attention call in the DiT goes through a callable `attn(q, k, v) -> out` with tensors laid out
 as (batch, tokens, heads, head_dim) -- "bshd". The DiT never knows which kernel or which process
-group sits behind it; context-parallel wrappers (`cosmos_dist.attention.context_parallel`) take the
+group sits behind it; context-parallel wrappers (`cosmos_dist.parallel.context_parallel`) take the
 same shapes with a sequence shard instead of the whole sequence.
 
 The reference uses softmax scale 1/sqrt(head_dim), no mask, no dropout, for both self- and
@@ -105,7 +105,7 @@ LOCAL_BACKENDS: dict[str, Callable] = {
 
 #: precision.attention_kernel: the local (BF16) self-attention kernel. auto = fa3 where an FA3 build is
 #: installed and the GPU is a Hopper, else sdpa (PyTorch's choice: cuDNN attention on an H100).
-ATTENTION_KERNELS = ("auto", "sdpa", "cudnn", "flash", "efficient", "fa3")
+from cosmos_dist.choices import ATTENTION_KERNELS  # noqa: E402  (the one list; config.py validates with it)
 
 
 def resolve_attention_kernel(name: str, device: torch.device) -> str:

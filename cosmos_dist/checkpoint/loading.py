@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from cosmos_dist.checkpoint.finite import nonfinite_tensors, nonfinite_weights_message
 from cosmos_dist.checkpoint.readers import (
     EXTRA_STATE,
     IGNORED,
@@ -89,20 +90,22 @@ def _validate(reader: CheckpointReader, cfg: DiTConfig, net: CosmosDiT | None = 
     )
 
 
-def check_checkpoint(path: str | os.PathLike, cfg: DiTConfig, allow_unsafe_pickle: bool = False) -> None:
+def check_checkpoint(
+    path: str | os.PathLike, cfg: DiTConfig, allow_unsafe_pickle: bool = False, trust_file: bool = False
+) -> None:
     """Validate `path` against `cfg` from the file's index alone (no tensor data is read), so a
     pipeline can refuse a wrong checkpoint before it loads anything large. Raises CheckpointError
     with the same message as `load_dit`."""
-    with open_checkpoint(path, allow_unsafe_pickle) as reader:
+    with open_checkpoint(path, allow_unsafe_pickle, trust_file) as reader:
         detected, detect_error = _detect(reader)
         report = _validate(reader, cfg)
     if not report.ok:
         raise CheckpointError(mismatch_message(path, report, detected, detect_error))
 
 
-def detect_checkpoint(path: str | os.PathLike, allow_unsafe_pickle: bool = False) -> DiTConfig:
+def detect_checkpoint(path: str | os.PathLike, allow_unsafe_pickle: bool = False, trust_file: bool = False) -> DiTConfig:
     """The configuration of the network stored in `path`, from its shapes alone."""
-    with open_checkpoint(path, allow_unsafe_pickle) as reader:
+    with open_checkpoint(path, allow_unsafe_pickle, trust_file) as reader:
         cfg, err = _detect(reader)
     if cfg is None:
         raise CheckpointError(f"{path}: cannot tell which network this checkpoint holds: {err}")
@@ -120,6 +123,7 @@ def load_dit(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.bfloat16,
     allow_unsafe_pickle: bool = False,
+    trust_file: bool = False,
     **build_kwargs,
 ) -> CosmosDiT:
     """Build a `CosmosDiT` and load the checkpoint at `path` (`model.pt` or `.safetensors`) into it.
@@ -131,7 +135,7 @@ def load_dit(
     arguments go to `build_dit` (e.g. rope_in_model_dtype).
     """
     identity = checkpoint_identity(path) if Path(path).is_file() else None
-    reader = open_checkpoint(path, allow_unsafe_pickle)
+    reader = open_checkpoint(path, allow_unsafe_pickle, trust_file)
     try:
         detected, detect_error = _detect(reader)
         if cfg is None:
@@ -149,6 +153,9 @@ def load_dit(
                 continue
             # One tensor at a time: read (a page-cache view for mmapped .pt), cast, move.
             state[key[len(NET_PREFIX) :]] = reader.tensor(key).to(device=device, dtype=dtype)
+        bad = nonfinite_tensors((NET_PREFIX + k, t) for k, t in state.items())  # cheap on the device; see finite.py
+        if bad:
+            raise CheckpointError(nonfinite_weights_message(path, bad, dtype))
         _materialize_buffers(net, state, device, dtype)
         net.load_state_dict(state, strict=True, assign=True)
         del state
@@ -165,10 +172,10 @@ def load_dit(
 
 
 def inspect_checkpoint(
-    path: str | os.PathLike, model: DiTConfig | None = None, allow_unsafe_pickle: bool = False
+    path: str | os.PathLike, model: DiTConfig | None = None, allow_unsafe_pickle: bool = False, trust_file: bool = False
 ) -> dict:
     """A JSON-ready summary: format, size, variant, parameters, dtypes, key counts and validation."""
-    with open_checkpoint(path, allow_unsafe_pickle) as reader:
+    with open_checkpoint(path, allow_unsafe_pickle, trust_file) as reader:
         detected, detect_error = _detect(reader)
         entries = list(reader.entries.values())
         target = model or detected
@@ -220,7 +227,7 @@ def _config_dict(cfg: DiTConfig) -> dict:
 
 
 def convert_checkpoint(
-    src: str | os.PathLike, dst: str | os.PathLike, allow_unsafe_pickle: bool = False
+    src: str | os.PathLike, dst: str | os.PathLike, allow_unsafe_pickle: bool = False, trust_file: bool = False
 ) -> dict:
     """`model.pt` -> safetensors (network tensors only, `net.` prefix kept) plus `dst` with suffix .json.
 
@@ -232,7 +239,7 @@ def convert_checkpoint(
         raise CheckpointError(f"{dst}: the output name must end in .safetensors")
     if dst.resolve() == src.resolve():
         raise CheckpointError(f"{dst}: output and input are the same file")
-    with open_checkpoint(src, allow_unsafe_pickle) as reader:
+    with open_checkpoint(src, allow_unsafe_pickle, trust_file) as reader:
         detected, detect_error = _detect(reader)
         if detected is None:
             raise CheckpointError(f"{src}: cannot tell which network this checkpoint holds: {detect_error}")

@@ -11,6 +11,7 @@ wrong and what to do; torch's own traceback is not chained onto it.
 """
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import re
@@ -29,8 +30,8 @@ NET_PREFIX = "net."
 
 CONVERT_HINT = (
     "convert it once with `cosmos-dist convert {path} --output OUT.safetensors "
-    "--allow-unsafe-pickle` and use OUT.safetensors, or, if you trust the file, load it with "
-    "allow_unsafe_pickle=True (`--allow-unsafe-pickle` on the tools)"
+    "--allow-unsafe-pickle` and use OUT.safetensors, or load it with allow_unsafe_pickle=True "
+    "(`--allow-unsafe-pickle` on the tools; the load stays weights-only, with io.BytesIO the one class allowed)"
 )
 
 _SAFETENSORS_DTYPES = {
@@ -222,9 +223,22 @@ def _torch_load(path: Path, mmap: bool, weights_only: bool):
     return torch.load(path, map_location="cpu", mmap=mmap, weights_only=weights_only)
 
 
-def _unsupported_global(message: str) -> str | None:
-    m = re.search(r"Unsupported global: GLOBAL (\S+)", message)
-    return m.group(1) if m else None
+#: Python objects the released checkpoints hold besides tensors: an old Transformer Engine's `_extra_state`
+#: as a pickled io.BytesIO (whose class pickles as `_io.BytesIO`). Nothing else is ever needed to load them.
+BENIGN_GLOBALS = frozenset({"_io.BytesIO", "io.BytesIO"})
+# torch's wordings of a refused global: "Unsupported global: GLOBAL x.y" and "unsupported GLOBAL x.y ...".
+_GLOBAL_IN_MESSAGE = re.compile(r"[Uu]nsupported global:? GLOBAL ([\w.]+)")
+
+
+def pickled_globals(path: Path, message: str = "") -> list[str]:
+    """Every global the file's pickle names that a weights-only load refuses, found without running anything:
+    torch's own scan of a zip checkpoint's data.pkl, plus what torch's error message named (legacy files)."""
+    found = set(_GLOBAL_IN_MESSAGE.findall(message))
+    try:
+        found.update(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+    except Exception:  # a legacy (non-zip) file or a damaged one: the message is all we have
+        pass
+    return sorted(found)
 
 
 def _describe_torch_failure(path: Path, e: BaseException) -> CheckpointError:
@@ -240,30 +254,45 @@ def _describe_torch_failure(path: Path, e: BaseException) -> CheckpointError:
     return CheckpointError(f"{path}: cannot load this checkpoint: {what}")
 
 
-def _load_torch(path: Path, fmt: str, allow_unsafe_pickle: bool) -> TorchReader:
+def refusal_message(path: Path, offenders: list[str]) -> str:
+    """Why a file with pickled objects other than io.BytesIO is not loaded. It recommends nothing that would
+    unpickle the file: a checkpoint naming e.g. `posix.system` runs that call when unpickled."""
+    named = ", ".join(offenders[:8]) + (f" and {len(offenders) - 8} more" if len(offenders) > 8 else "")
+    what = f"pickled references to {named}" if named else "pickled Python objects"
+    return (
+        f"{path}: refusing to load: the file holds {what}, which no Cosmos checkpoint contains (the released "
+        "files hold tensors and, at most, io.BytesIO extra state). Unpickling it could run code from the file, "
+        "and --allow-unsafe-pickle does not load it. Get the file again from its source "
+        "(`cosmos-dist download`, then `cosmos-dist inspect --verify FILE`)."
+    )
+
+
+def _load_torch(path: Path, fmt: str, allow_unsafe_pickle: bool, trust_file: bool = False) -> TorchReader:
     mmap = fmt == "torch-zip"  # the legacy format cannot be memory-mapped
     unsafe = False
     try:
         try:
             state = _torch_load(path, mmap, weights_only=True)
         except pickle.UnpicklingError as e:
-            offender = _unsupported_global(str(e))
-            if not allow_unsafe_pickle:
-                if offender and "BytesIO" in offender:
+            offenders = pickled_globals(path, str(e))
+            if trust_file:  # the user vouched for this file: full unpickling (it can run any code in the file)
+                state = _torch_load(path, mmap, weights_only=False)
+            elif offenders and set(offenders) <= BENIGN_GLOBALS:
+                if not allow_unsafe_pickle:
                     raise CheckpointError(
                         f"{path}: this checkpoint stores Transformer Engine `_extra_state` entries as pickled "
                         "io.BytesIO objects (written by an old Transformer Engine), which "
                         "torch.load(weights_only=True) refuses to unpickle. The entries are ignored at "
                         "inference; " + CONVERT_HINT.format(path=path) + "."
                     ) from None
-                if offender or "Weights only load failed" in str(e):
-                    what = f"pickled Python objects ({offender})" if offender else "pickled Python objects"
-                    raise CheckpointError(
-                        f"{path}: this checkpoint holds {what} that torch.load(weights_only=True) refuses "
-                        "to unpickle; " + CONVERT_HINT.format(path=path) + "."
-                    ) from None
+                # Still a weights-only load: io.BytesIO is the one class allowed besides tensors, so
+                # nothing in the file can call anything else.
+                with torch.serialization.safe_globals([io.BytesIO]):
+                    state = _torch_load(path, mmap, weights_only=True)
+            elif offenders or "Weights only load failed" in str(e):
+                raise CheckpointError(refusal_message(path, offenders)) from None
+            else:
                 raise
-            state = _torch_load(path, mmap, weights_only=False)
             unsafe = True
     except CheckpointError:
         raise
@@ -293,15 +322,19 @@ def _load_torch(path: Path, fmt: str, allow_unsafe_pickle: bool) -> TorchReader:
     return TorchReader(path, state, mmap, unsafe)
 
 
-def open_checkpoint(path: str | os.PathLike, allow_unsafe_pickle: bool = False) -> CheckpointReader:
+def open_checkpoint(
+    path: str | os.PathLike, allow_unsafe_pickle: bool = False, trust_file: bool = False
+) -> CheckpointReader:
     """Open a DiT checkpoint (`model.pt` or `.safetensors`) lazily.
 
-    `allow_unsafe_pickle=True` lets a `.pt` file that a weights-only load refuses (e.g. old
-    Transformer Engine `io.BytesIO` extra state) be unpickled with `weights_only=False`. Use it
-    only for files you trust: unpickling can run arbitrary code.
+    `allow_unsafe_pickle=True` accepts the one known benign form a weights-only load refuses: old
+    Transformer Engine `io.BytesIO` extra state. The load stays weights-only (io.BytesIO is allowed, nothing
+    else), so a file that names any other global (e.g. `posix.system`) is still refused, naming it.
+    `trust_file=True` unpickles the file fully (`weights_only=False`) whatever it holds: unpickling can run
+    arbitrary code, so only for a file you made yourself or otherwise know to be safe.
     """
     path = Path(path)
     fmt = sniff_format(path)
     if fmt == "safetensors":
         return SafetensorsReader(path)
-    return _load_torch(path, fmt, allow_unsafe_pickle)
+    return _load_torch(path, fmt, allow_unsafe_pickle, trust_file)

@@ -6,9 +6,10 @@ which the loader ignores); Transformer Engine `_extra_state` entries and `logvar
 Next to OUT.safetensors it writes OUT.json: the detected DiTConfig fields and the identity
 (path, size, mtime, fingerprint) of the source. The source is validated strictly first.
 
-Files whose extra state is pickled io.BytesIO (old Transformer Engine) can only be read with
---allow-unsafe-pickle, which unpickles them with weights_only=False: use it only for files you
-trust. The safetensors output then loads safely everywhere.
+Files whose extra state is pickled io.BytesIO (old Transformer Engine) are read with
+--allow-unsafe-pickle, which still loads weights-only with io.BytesIO the one class allowed; a file
+holding any other pickled object is refused unless --trust-file (full unpickling: only for a file you
+made yourself). The safetensors output then loads safely everywhere.
 
 Example:
     cosmos-dist convert checkpoints/Cosmos-Predict1-7B-Text2World/model.pt \\
@@ -17,8 +18,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 from cosmos_dist.checkpoint import convert_checkpoint
 from cosmos_dist.cli_util import run_tool
@@ -32,14 +31,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("input", help="model.pt to convert")
     ap.add_argument("--output", required=True, help="OUT.safetensors to write (OUT.json is written next to it)")
     ap.add_argument("--allow-unsafe-pickle", action="store_true",
-                    help="unpickle objects a weights-only load refuses (old TE io.BytesIO extra state); "
-                         "only for files you trust")
+                    help="accept the one benign pickled form of the released files: old Transformer Engine "
+                         "io.BytesIO extra state (the load stays weights-only; any other pickled object is refused)")
+    ap.add_argument("--trust-file", action="store_true",
+                    help="I trust this file: unpickle it fully (weights_only=False), whatever it holds. Unpickling "
+                         "can run code from the file; only for a file you made yourself")
     return ap.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    rec = convert_checkpoint(args.input, args.output, args.allow_unsafe_pickle)
+    rec = convert_checkpoint(args.input, args.output, args.allow_unsafe_pickle, args.trust_file)
     print(f"wrote {rec['output']['path']} ({rec['tensors']} tensors, {rec['output']['size']:,} bytes, "
           f"variant {rec['variant']})")
     print(f"wrote {rec['json']}")

@@ -275,10 +275,12 @@ def explain_error(exc: BaseException, target: Target, *, token_given: bool) -> t
 # ---- fetching --------------------------------------------------------------------------------------------
 @dataclass
 class Hub:
-    """The two huggingface_hub calls this tool makes (swapped for fakes in tests)."""
+    """The huggingface_hub calls this tool makes (swapped for fakes in tests). `lfs_hashes(repo_id, token)`:
+    {path: (sha256, size)} of the repository's LFS files, as the hub publishes them (None: not recorded)."""
 
     snapshot_download: Callable[..., str]
     list_repo_files: Callable[..., list[str]]
+    lfs_hashes: Callable[..., dict[str, tuple[str, int]]] | None = None
 
 
 def load_hub() -> Hub:
@@ -290,7 +292,31 @@ def load_hub() -> Hub:
     def list_repo_files(repo_id: str, token: str | None = None) -> list[str]:
         return list(huggingface_hub.HfApi().list_repo_files(repo_id, token=token))
 
-    return Hub(snapshot_download=huggingface_hub.snapshot_download, list_repo_files=list_repo_files)
+    def lfs_hashes(repo_id: str, token: str | None = None) -> dict[str, tuple[str, int]]:
+        # The tree listing carries each LFS file's metadata: RepoFile.lfs.sha256 is the SHA-256 of the content.
+        tree = huggingface_hub.HfApi().list_repo_tree(repo_id, recursive=True, token=token)
+        return {f.path: (f.lfs.sha256, int(f.lfs.size)) for f in tree if getattr(f, "lfs", None) is not None}
+
+    return Hub(snapshot_download=huggingface_hub.snapshot_download, list_repo_files=list_repo_files,
+               lfs_hashes=lfs_hashes)
+
+
+def record_hub_hashes(target: Target, hub: Hub, token: str | None) -> str:
+    """Write the hub's published SHA-256 of the LFS files present in the target's folder (see
+    cosmos_dist.checkpoint.hashes); returns a short note for the log. Best effort: a failure is a note."""
+    from cosmos_dist.checkpoint.hashes import write_hash_record
+
+    if hub.lfs_hashes is None:
+        return ""
+    try:
+        published = hub.lfs_hashes(target.repo_id, token=token)
+    except Exception as exc:  # noqa: BLE001 - the files are there; only the record is missing
+        return f"; could not read the hub's SHA-256 list ({_first_line(exc)})"
+    present = {name: h for name, h in published.items() if (target.local_dir / name).is_file()}
+    if not present:
+        return ""
+    path = write_hash_record(target.local_dir, target.repo_id, present)
+    return f"; hub SHA-256 of {len(present)} file(s) recorded in {path.name} (check with cosmos-dist inspect --verify)"
 
 
 @dataclass
@@ -326,7 +352,7 @@ def fetch_target(target: Target, hub: Hub, *, token: str | None, force: bool = F
             "(interrupted download, or the repository changed its layout; run again to resume)",
             missing, "incomplete",
         )
-    return Result(target, "fetched", "ok")
+    return Result(target, "fetched", "ok" + record_hub_hashes(target, hub, token))
 
 
 def describe_plan(plan: Sequence[Target], force: bool) -> list[str]:

@@ -8,6 +8,7 @@ is valid, 1 when validation fails, 2 when the file cannot be read.
 
 Examples:
     cosmos-dist inspect checkpoints/Cosmos-Predict1-7B-Text2World/model.pt
+    cosmos-dist inspect --verify checkpoints/Cosmos-Predict1-7B-Text2World/model.pt   # SHA-256 vs the hub
     cosmos-dist inspect model.pt --model 14b_video2world --json
 """
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from cosmos_dist.checkpoint import inspect_checkpoint
 from cosmos_dist.cli_util import human_size, run_tool
@@ -31,9 +31,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--model", choices=PRESET_NAMES, default=None,
                     help="validate against this preset instead of the detected variant")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    ap.add_argument("--verify", action="store_true",
+                    help="first check the file's SHA-256 against the hub's published hash that `cosmos-dist "
+                         "download` recorded next to it (hub-sha256.json); exit 1 on a mismatch, before unpickling")
     ap.add_argument("--allow-unsafe-pickle", action="store_true",
-                    help="unpickle objects a weights-only load refuses (old TE io.BytesIO extra state); "
-                         "only for files you trust")
+                    help="accept the one benign pickled form of the released files: old Transformer Engine "
+                         "io.BytesIO extra state (the load stays weights-only; any other pickled object is refused)")
+    ap.add_argument("--trust-file", action="store_true",
+                    help="I trust this file: unpickle it fully (weights_only=False), whatever it holds. Unpickling "
+                         "can run code from the file; only for a file you made yourself")
     return ap.parse_args(argv)
 
 
@@ -55,7 +61,7 @@ def _text(info: dict) -> str:
         )
     lines += [
         f"parameters   {info['parameters']:,}",
-        f"dtypes       " + (", ".join(f"{d}: {n}" for d, n in sorted(info["dtypes"].items())) or "-"),
+        "dtypes       " + (", ".join(f"{d}: {n}" for d, n in sorted(info["dtypes"].items())) or "-"),
         f"keys         {k['total']} = network {k['network']} + extra_state {k['extra_state']} "
         f"+ logvar {k['logvar']} + ignored {k['ignored']}",
     ]
@@ -72,7 +78,18 @@ def _text(info: dict) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     model = get_preset(args.model) if args.model else None
-    info = inspect_checkpoint(args.path, model, args.allow_unsafe_pickle)
+    if args.verify:
+        from cosmos_dist.checkpoint.hashes import verify_file
+        from cosmos_dist.errors import CheckpointError
+
+        try:
+            print(f"verify       {verify_file(args.path)}", file=sys.stderr if args.json else sys.stdout)
+        except CheckpointError as exc:
+            if "no published SHA-256" in str(exc):
+                raise
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    info = inspect_checkpoint(args.path, model, args.allow_unsafe_pickle, args.trust_file)
     print(json.dumps(info, indent=2) if args.json else _text(info))
     return 0 if info["valid"] else 1
 

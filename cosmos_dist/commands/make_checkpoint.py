@@ -18,8 +18,6 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 

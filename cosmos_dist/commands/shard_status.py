@@ -12,7 +12,7 @@ while it has pending samples (with --retry-failed: or failed ones). A shard whos
 --clean-temp leaves its temporary files alone. The printed sbatch line passes the Hydra overrides
 given after `--`, else the ones recorded in the newest marker.
 
-Exit status: 0; with --check, 1 when some shard is unfinished.
+Exit status: 0; with --check, 3 while samples are pending, else 1 when samples failed (the codes of `generate`).
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 
+from cosmos_dist.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_SAMPLES_FAILED
 from cosmos_dist.io.prompts import BadLine, read_prompts_file
 from cosmos_dist.io.safefiles import is_temp_name
 from cosmos_dist.pipeline.lease import describe_holder, read_lease, shard_lease_path
@@ -209,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--clean-temp", action="store_true",
                    help="delete files left under temporary names by killed writers (those of running shards are kept)")
-    p.add_argument("--check", action="store_true", help="exit 1 when a shard is unfinished")
+    p.add_argument("--check", action="store_true",
+                   help="exit 3 while samples are pending (as an interrupted run does), else 1 when samples failed, else 0")
     args = p.parse_args(argv)
     if args.num_shards < 1:
         p.error("--num-shards must be >= 1")
@@ -285,7 +287,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print("every shard is finished" + ("" if args.retry_failed or not totals["failed"] else
                                                 "; --retry-failed resubmits the shards with failed samples"))
-    return 1 if (args.check and todo) else 0
+    if not args.check:
+        return EXIT_OK
+    if any(s.pending for s in shards):
+        return EXIT_INTERRUPTED  # the exit codes of cosmos_dist/errors.py: a rerun has work to do
+    return EXIT_SAMPLES_FAILED if any(s.failed or s.bad_lines for s in shards) else EXIT_OK
 
 
 if __name__ == "__main__":

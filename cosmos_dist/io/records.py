@@ -31,7 +31,7 @@ from cosmos_dist.io.safefiles import UnsafePathError, write_all, write_bytes_ato
 log = logging.getLogger("cosmos_dist")
 
 SIDECAR_SCHEMA = "cosmos-dist/sample/v1"
-STATUSES = ("done", "failed", "skipped", "blocked")
+STATUSES = ("done", "failed", "skipped", "blocked", "interrupted")  # interrupted: a lost rank; still pending
 
 
 def utc_now() -> str:

@@ -23,6 +23,8 @@ from cosmos_dist.io.safefiles import create_temp, fsync_dir, unlink_quietly  # n
 # Our default is x264's own default, crf 23 (slightly higher quality); pass crf=25 to match the reference.
 DEFAULT_CRF = 23
 DEFAULT_PRESET = "medium"
+#: x264 encoder threads, fixed (see write_mp4_atomic): x264 is deterministic for a given thread count only.
+X264_THREADS = 4
 
 
 def fsync_file(path: str | os.PathLike) -> None:
@@ -97,7 +99,10 @@ def write_mp4_atomic(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp, fd = create_temp(path, ".mp4")  # reserved by us: nothing planted at the name is ever followed
     os.close(fd)
-    output_params = ["-crf", str(crf), "-preset", preset, "-movflags", "+faststart", "-f", "mp4"]
+    # x264's output depends on its thread count, which it otherwise picks from the CPUs this process may use
+    # (affinity, cgroup): a fixed count makes a sample's file byte-identical on every layout and machine.
+    output_params = ["-crf", str(crf), "-preset", preset, "-threads", str(X264_THREADS),
+                     "-movflags", "+faststart", "-f", "mp4"]
     output_params += list(extra_output_params or [])
     try:
         writer = imageio_ffmpeg.write_frames(

@@ -40,7 +40,7 @@ from cosmos_dist.errors import InputError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi")
-RESIZE_MODES = ("stretch", "crop", "pad")
+from cosmos_dist.choices import RESIZE_MODES  # noqa: E402  (the one list)
 #: Value of the `pad` border in [-1, 1] space (pixel 128): the same as the zero frames after the input.
 PAD_VALUE = 0.0
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from cosmos_dist.attention import sdpa_attention
-from cosmos_dist.models.blocks import FinalLayer, GeneralDITTransformerBlock
+from cosmos_dist.models.blocks import FinalLayer, GeneralDITTransformerBlock, layer_norm
 from cosmos_dist.models.embeddings import (
     LearnablePosEmbAxis,
     PatchEmbed,
@@ -118,11 +118,15 @@ class CosmosDiT(nn.Module):
         self_attention: Callable = sdpa_attention,
         cross_attention: Callable = sdpa_attention,
         positions: tuple | None = None,
+        block_hook: Callable[[torch.Tensor, "BlockStack"], torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """tokens (B, n, in_channels*patch) -> F tokens (B, n, latent_channels*patch), canonical order.
 
         `positions` may carry a precomputed `position_tables(...)` result (it depends only on the
-        grid, fps and shard, so a sampling loop computes it once)."""
+        grid, fps and shard, so a sampling loop computes it once).
+        `block_hook(x, stack)`, when given, runs the transformer block loop in place of the plain loop: it gets
+        the blocks' input and a `BlockStack` and returns their output (step caching decides there whether to run
+        the stack or reuse an earlier residual; see cosmos_dist/pipeline/step_hooks.py)."""
         dtype = self.dtype
         b = tokens.shape[0]
         x = self.x_embedder.proj[1](tokens.to(dtype))
@@ -135,8 +139,8 @@ class CosmosDiT(nn.Module):
         emb = self.affline_norm(sinusoid)
         context = crossattn_emb.to(dtype)
 
-        for block in self.blocks.values():
-            x = block(x, emb, adaln_lora, context, rope, extra, self_attention, cross_attention)
+        stack = BlockStack(self, emb, adaln_lora, context, rope, extra, self_attention, cross_attention)
+        x = stack.run(x) if block_hook is None else block_hook(x, stack)
         out = self.final_layer(x, emb, adaln_lora)
         return self._to_canonical(out)
 
@@ -166,6 +170,64 @@ class CosmosDiT(nn.Module):
             tokens, timesteps, crossattn_emb, grid, fps, None, self_attention, cross_attention
         )
         return self.unpatchify(out, grid)
+
+
+class BlockStack:
+    """The transformer block loop of one forward, with its conditioning bound: what a `block_hook` may run.
+
+    `run(x, start, stop)` runs blocks[start:stop] on x; `modulated_input(x)` is block 0's self-attention input
+    after its adaLN modulation (layer_norm(x + pos) * (1 + scale) + shift): it depends on the state and the
+    timestep embedding, which is what TeaCache compares between steps. Nothing here communicates except the
+    injected attention callables, exactly as in the plain loop.
+    """
+
+    def __init__(self, net: "CosmosDiT", emb, adaln_lora, context, rope, extra, self_attention, cross_attention):
+        self.blocks = list(net.blocks.values())
+        self._args = (emb, adaln_lora, context, rope, extra, self_attention, cross_attention)
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    def run(self, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        for block in self.blocks[start:stop]:
+            x = block(x, *self._args)
+        return x
+
+    def modulated_input(self, x: torch.Tensor, position_embedding: bool = True) -> torch.Tensor:
+        """`position_embedding=False` leaves out the learnable position embedding, as TeaCache4Cosmos's signal does.
+        Works while offload=dit streams the blocks: outside a block's call its weights live on the host, so the
+        small adaLN projection is then evaluated with device copies of its weights (a few MB at 7B)."""
+        emb, adaln_lora, _, _, extra = self._args[:5]
+        first = _unwrap(self.blocks[0]).blocks[0]  # block 0's self-attention sub-block
+        modulation = first.adaLN_modulation
+        if any(p.device != emb.device for p in modulation.parameters()):
+            weights = {name: p.to(emb.device, non_blocking=True) for name, p in modulation.named_parameters()}
+            projected = torch.func.functional_call(modulation, weights, (emb,))
+        else:
+            projected = modulation(emb)
+        shift, scale, _ = (projected + adaln_lora).chunk(3, dim=-1)
+        h = x + extra if position_embedding else x
+        return layer_norm(h, first.eps) * (1 + scale[:, None, :]) + shift[:, None, :]
+
+    def select(self, rows: list[int]) -> "BlockStack":
+        """The same blocks for a subset of the batch rows (with batched guidance: one branch of two)."""
+        emb, adaln_lora, context, rope, extra, self_attention, cross_attention = self._args
+        sub = BlockStack.__new__(BlockStack)
+        sub.blocks = self.blocks
+        index = torch.tensor(rows, device=emb.device)
+        sub._args = (emb.index_select(0, index), adaln_lora.index_select(0, index), context.index_select(0, index),
+                     rope, extra, self_attention, cross_attention)
+        return sub
+
+
+def _unwrap(block: nn.Module) -> nn.Module:
+    """The block module behind torch.compile's wrapper or the offload streamer's stand-in."""
+    while True:
+        inner = getattr(block, "_orig_mod", None) or getattr(block, "inner", None)
+        if inner is None:
+            return block
+        block = inner
 
 
 def build_dit(

@@ -13,7 +13,7 @@ row-wise scales are applied to its output. Where `_scaled_mm` cannot run (the CP
 in float32, so tests on the CPU see the quantisation error the GPU sees, only not its speed.
 
 With Transformer Engine installed, `precision.fp8_linear_kernel=te` runs the same layers as `te.Linear`
-instead (cosmos_dist.models.fp8_te; per-tensor scales, not the default: that module says why).
+instead (`TeFp8Linear` below; per-tensor scales, not the default: cosmos_dist.kernels.te says why).
 
 `keep_high_precision=True` keeps the original weight next to the FP8 copy (1.5x the weight memory)
 so `set_fp8_enabled(net, False)` can run selected sampling steps without FP8 (the first and last
@@ -21,26 +21,16 @@ steps, where the output is most sensitive).
 """
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
+from torch.nn import functional as F
 
-E4M3 = torch.float8_e4m3fn
-E4M3_MAX = 448.0
-# Smallest scale used: an all-zero row would otherwise divide by zero.
-_MIN_AMAX = 1e-12
+from cosmos_dist.kernels import te as te_support
+from cosmos_dist.kernels.fp8_numerics import quantize_rows
 
-
-def quantize_e4m3(x: torch.Tensor, dims) -> tuple[torch.Tensor, torch.Tensor]:
-    """x -> e4m3 and float32 scales with x ~= q * scale: one scale (amax / 448) per slice over `dims`, which stay
-    in the scale's shape as size 1. Every FP8 path here quantises through this (rows, heads, whole tensors)."""
-    amax = x.abs().amax(dim=dims, keepdim=True).float().clamp_min(_MIN_AMAX)
-    scale = amax / E4M3_MAX
-    return (x.float() / scale).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3), scale
-
-
-def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(M, K) -> e4m3 (M, K) and float32 scales (M, 1) with x ~= q * scale, one scale per row."""
-    return quantize_e4m3(x, -1)
+_log = logging.getLogger("cosmos_dist")
 
 
 def _scaled_mm_supported(device: torch.device) -> bool:
@@ -87,7 +77,7 @@ class Fp8Linear(Fp8Layer):
         x2 = x.reshape(-1, self.in_features)
         xq, xs = quantize_rows(x2)
         out_dtype = x.dtype if x.dtype in (torch.bfloat16, torch.float16) else self.out_dtype
-        if _scaled_mm_supported(x.device) and x2.shape[0] % 16 == 0:
+        if _scaled_mm_supported(x.device):  # any token count: _scaled_mm wants K % 16 and N % 16 (conversion), not M
             # The product with unit scales, then both row-wise scales as a separate multiply: cuBLASLt's
             # tensor-wise FP8 GEMM runs at ~1,300 TFLOP/s on an H100 where the row-wise-scaled kernel
             # reaches ~1,000-1,130, and under torch.compile the multiply fuses into whatever follows.
@@ -95,6 +85,46 @@ class Fp8Linear(Fp8Layer):
             y = (y.float() * xs * self.weight_scale).to(out_dtype)
         else:
             y = ((xq.float() * xs) @ (self.weight_fp8.float() * self.weight_scale.t()).t()).to(x.dtype)
+        return y.reshape(*lead, self.out_features)
+
+
+class TeFp8Linear(Fp8Layer):
+    """A bias-free linear run by `te.Linear` in FP8; the original weight is copied into it (run dtype)."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        te, _ = te_support.import_te()
+        w = linear.weight.detach()  # on the GPU: resolve_linear_kernel only picks "te" there
+        self.in_features, self.out_features = w.shape[1], w.shape[0]
+        if not te_support.linear_fits(self.in_features, self.out_features):
+            raise ValueError(f"Transformer Engine's FP8 GEMM needs in_features % 16 == 0 and out_features % 8 == 0; "
+                             f"got ({self.out_features}, {self.in_features})")
+        self.linear = te.Linear(self.in_features, self.out_features, bias=False, params_dtype=w.dtype,
+                                device=w.device)
+        with torch.no_grad():
+            self.linear.weight.copy_(w)
+        self.linear.weight.requires_grad_(False)
+        self.linear.eval()
+        self.recipe = te_support.current_scaling_recipe(attention=False)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, transformer_engine=True"
+
+    @torch.compiler.disable  # TE's compile path is not run here; compiled blocks call TE eagerly
+    def _fp8_forward(self, x2: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), te_support.autocast(self.recipe):
+            return self.linear(x2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)
+        if not self.fp8_enabled:  # the high-precision steps take the bf16 weight directly
+            return F.linear(x2, self.linear.weight).reshape(*lead, self.out_features)
+        rows = x2.shape[0]
+        pad = -rows % te_support.TE_ROWS_MULTIPLE  # zero rows: the per-tensor amax, and so every real row, is unchanged
+        if pad:
+            x2 = F.pad(x2, (0, 0, 0, pad))
+        y = self._fp8_forward(x2.contiguous())[:rows]
         return y.reshape(*lead, self.out_features)
 
 
@@ -107,9 +137,9 @@ def _linears_in(module: nn.Module):
 
 
 #: precision.fp8_linear_kernel: "cublas" (Fp8Linear above: torch._scaled_mm, row-wise scales), "te"
-#: (Transformer Engine's te.Linear, per-tensor current scaling; cosmos_dist.models.fp8_te), "auto" = cublas,
+#: (Transformer Engine's te.Linear, per-tensor current scaling; `TeFp8Linear` below), "auto" = cublas,
 #: the measured one (docs/PERFORMANCE.md says why TE is not the default).
-LINEAR_KERNELS = ("auto", "cublas", "te")
+from cosmos_dist.choices import FP8_LINEAR_KERNELS as LINEAR_KERNELS  # noqa: E402  (the one list)
 
 
 def resolve_linear_kernel(kernel: str, device: torch.device) -> str:
@@ -118,37 +148,62 @@ def resolve_linear_kernel(kernel: str, device: torch.device) -> str:
     if kernel not in LINEAR_KERNELS:
         raise ValueError(f"FP8 linear kernel must be one of {LINEAR_KERNELS}; got {kernel!r}")
     if kernel == "te":
-        from cosmos_dist.models import fp8_te
-
-        fp8_te.require(device, "fp8_linear_kernel")
+        te_support.require(device, "fp8_linear_kernel")
         return "te"
     return "cublas" if _scaled_mm_supported(device) else "emulated"
+
+
+def fp8_shape_ok(kernel: str, in_features: int, out_features: int) -> bool:
+    """Whether `kernel`'s FP8 GEMM takes a weight (out, in). cublas / emulated: torch._scaled_mm wants the
+    shared dimension K = in and the output width N = out divisible by 16 (its checks; the token count M is
+    free). te: Transformer Engine wants in % 16 and out % 8 (cosmos_dist.kernels.te.linear_fits)."""
+    if kernel == "te":
+        return te_support.linear_fits(in_features, out_features)
+    return in_features % 16 == 0 and out_features % 16 == 0
 
 
 def convert_blocks_to_fp8(net: nn.Module, keep_high_precision: bool = False, kernel: str = "cublas") -> int:
     """Replace every bias-free linear of the transformer blocks' attention and MLP by an FP8 layer
     (`Fp8Linear` for kernel "cublas", `TeFp8Linear` for "te"), leaving the adaLN modulation in the run
-    dtype. Returns the number converted. Call it before `torch.compile` and after loading weights."""
+    dtype. A linear whose shape the kernel's FP8 GEMM refuses (`fp8_shape_ok`) stays in the run dtype; how
+    many did is logged and given by `fp8_linear_counts`. Returns the number converted. Call it before
+    `torch.compile` and after loading weights."""
     if kernel == "te":
-        from cosmos_dist.models.fp8_te import TeFp8Linear
-
         make = TeFp8Linear  # keeps the bf16 weight anyway: keep_high_precision costs nothing there
     elif kernel in ("cublas", "emulated"):
         def make(lin):
             return Fp8Linear(lin, keep_high_precision)
     else:
         raise ValueError(f"unknown FP8 linear kernel {kernel!r} (resolve 'auto' first)")
-    count = 0
+    count, kept = 0, set()
     for block in net.blocks.values():
         for sub in block.blocks:
             for parent, name, lin in list(_linears_in(sub.block)):
-                if lin.in_features % 16 or lin.out_features % 16:
-                    continue  # FP8 tensor cores need multiples of 16; stays in the run dtype
+                if not fp8_shape_ok(kernel, lin.in_features, lin.out_features):
+                    kept.add((lin.out_features, lin.in_features))
+                    continue
                 setattr(parent, name, make(lin))
                 count += 1
     if count == 0:
         raise ValueError("no linear layer of the transformer blocks could be converted to FP8")
+    left = fp8_linear_counts(net)["run_dtype"]
+    if left:
+        shapes = ", ".join(f"{o}x{i}" for o, i in sorted(kept))
+        _log.warning("FP8 (%s): %d block linears in FP8, %d stay in the run dtype: their shapes (out x in: %s) "
+                     "do not fit the FP8 GEMM", kernel, count, left, shapes)
+    else:
+        _log.info("FP8 (%s): all %d block linears in FP8", kernel, count)
     return count
+
+
+def fp8_linear_counts(net: nn.Module) -> dict[str, int]:
+    """{"fp8": block linears converted, "run_dtype": block linears left in the run dtype by the shape rule}."""
+    fp8 = run_dtype = 0
+    for block in net.blocks.values():
+        for sub in block.blocks:
+            fp8 += sum(isinstance(m, Fp8Layer) for m in sub.block.modules())
+            run_dtype += sum(1 for _ in _linears_in(sub.block))
+    return {"fp8": fp8, "run_dtype": run_dtype}
 
 
 def set_fp8_enabled(net: nn.Module, enabled: bool) -> None:

@@ -5,7 +5,7 @@
 - `cfg_parallel`: CFG branch exchange in a cfg pair; broadcasts from the replica leader.
 - `guard`: run_guarded -- a failing rank ends the job with a message naming it, never a hang.
 
-Context-parallel self-attention lives in `cosmos_dist.attention.context_parallel`.
+Context-parallel self-attention lives in `cosmos_dist.parallel.context_parallel`.
 megatron-core is imported only inside `init_layout` (it takes seconds to import).
 """
 from cosmos_dist.parallel.cfg_parallel import (

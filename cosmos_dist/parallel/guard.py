@@ -15,10 +15,20 @@ Its peers stop in one of three ways, whichever comes first:
 - a collective reaches the process-group timeout (the layout's `timeout_s`): the message names
   the timeout. Under NCCL, TORCH_NCCL_ASYNC_ERROR_HANDLING=1 (set by init_layout) aborts.
 Under torchrun, the agent also stops the remaining workers once one exits non-zero.
+
+Who failed: every rank's watchdog thread also beats a heartbeat counter in the store and records its host
+and pid there. A rank whose collective broke (a closed connection, a timeout) checks the heartbeats before
+reporting: a peer whose counter has stopped is the one that died or hung, and the line names it
+(`rank 1 failed: its process 4242 on node7 is stopped (SIGSTOP) ...`), not the survivor. A stopped or hung
+peer on the same host is then killed, so the job ends now instead of after torchrun's 30 s SIGKILL grace
+(a stopped process never handles SIGTERM). A rank stopped because of a peer exits with EXIT_INTERRUPTED:
+its sample was not at fault and stays pending.
 """
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import sys
 import threading
 import time
@@ -28,10 +38,12 @@ from typing import Any, Callable
 
 import torch.distributed as dist
 
-from cosmos_dist.errors import CosmosDistError
+from cosmos_dist.errors import EXIT_INTERRUPTED, CosmosDistError
 
 FAILURE_KEY = "cosmos_dist/first_failure"
 COUNT_KEY = "cosmos_dist/failure_count"
+HEARTBEAT_KEY = "cosmos_dist/heartbeat/{rank}"  # a counter each rank's watchdog adds 1 to every poll
+PROCESS_KEY = "cosmos_dist/process/{rank}"  # "host pid" of each rank
 
 
 def _default_store():
@@ -94,6 +106,83 @@ def describe_exception(exc: BaseException, timeout_s: float | None = None) -> st
     return text
 
 
+def is_peer_symptom(exc: BaseException) -> bool:
+    """Whether `exc` looks like a collective that lost a peer (a closed connection, a timeout, a backend error)
+    rather than this rank's own failure."""
+    if isinstance(exc, dist.DistError):
+        return True
+    low = str(exc).lower()
+    return any(w in low for w in ("timed out", "timeout", "connection closed", "connection reset", "broken pipe",
+                                  "peer", "gloo", "nccl"))
+
+
+def _store_int(store, key: str) -> int | None:
+    try:
+        return int(store.add(key, 0))
+    except Exception:
+        return None
+
+
+def unresponsive_peers(store, world_size: int, me: int, wait_s: float) -> list[int] | None:
+    """Ranks whose heartbeat does not move within `wait_s` (dead, stopped or hung); None if the store is gone."""
+    keys = {r: HEARTBEAT_KEY.format(rank=r) for r in range(world_size) if r != me}
+    first = {r: _store_int(store, k) for r, k in keys.items()}
+    if any(v is None for v in first.values()):
+        return None
+    waiting = set(keys)
+    deadline = time.monotonic() + wait_s
+    while waiting and time.monotonic() < deadline:
+        time.sleep(0.25)
+        for r in list(waiting):
+            now = _store_int(store, keys[r])
+            if now is None:
+                return None
+            if now != first[r]:
+                waiting.discard(r)
+    return sorted(waiting)
+
+
+def _process_of(store, rank: int) -> tuple[str, int] | None:
+    try:
+        host, pid = store.get(PROCESS_KEY.format(rank=rank)).decode().split()
+        return host, int(pid)
+    except Exception:
+        return None
+
+
+def _process_state(pid: int) -> str | None:
+    """`gone`, `stopped`, or `running` for a process of this host (None when unknown)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return "gone"
+    except Exception:
+        return None
+    return {"T": "stopped", "t": "stopped", "Z": "gone", "X": "gone"}.get(state, "running")
+
+
+def blame_peer(store, rank: int, wait_s: float) -> str:
+    """What happened to `rank` (whose heartbeat stopped), as the tail of `rank R failed: ...`; a stopped or hung
+    process on this host is killed (see the module doc)."""
+    where = _process_of(store, rank)
+    if where is None:
+        return f"its heartbeat stopped for {wait_s:g} s (the rank died, hung or lost its node)"
+    host, pid = where
+    if host != socket.gethostname():
+        return (f"its heartbeat stopped for {wait_s:g} s (process {pid} on {host} died, hung or lost its node)")
+    state = _process_state(pid)
+    if state == "gone":
+        return f"its process {pid} on {host} is gone (killed or crashed)"
+    what = "is stopped (SIGSTOP)" if state == "stopped" else f"stopped responding for {wait_s:g} s (hung)"
+    try:
+        os.kill(pid, signal.SIGKILL)  # it cannot handle SIGTERM while stopped; the job is ending anyway
+        killed = "; killed it so the job ends now"
+    except OSError:
+        killed = ""
+    return f"its process {pid} on {host} {what}{killed}"
+
+
 class PeerWatchdog:
     """Background thread: exit this process when another rank has recorded a failure."""
 
@@ -101,10 +190,16 @@ class PeerWatchdog:
         self.rank, self.poll_s, self.exit_code = rank, poll_s, exit_code
         self.store = _default_store()
         self._stop = threading.Event()
+        self.reporting = False  # this rank is reporting its own failure: keep beating, never exit it
         self._thread = threading.Thread(target=self._run, name="cosmos-dist-peer-watchdog", daemon=True)
 
     def start(self) -> "PeerWatchdog":
         if self.store is not None:
+            try:
+                self.store.set(PROCESS_KEY.format(rank=self.rank), f"{socket.gethostname()} {os.getpid()}")
+                self.store.add(HEARTBEAT_KEY.format(rank=self.rank), 1)
+            except Exception:
+                pass
             self._thread.start()
         return self
 
@@ -116,12 +211,13 @@ class PeerWatchdog:
     def _run(self) -> None:
         while not self._stop.wait(self.poll_s):
             try:
+                self.store.add(HEARTBEAT_KEY.format(rank=self.rank), 1)  # "alive" (see blame_peer)
                 if not self.store.check([FAILURE_KEY]):
                     continue
                 message = self.store.get(FAILURE_KEY).decode("utf-8", "replace")
             except Exception:
                 return  # the store went away (job ending); collectives and timeouts take over
-            if message.startswith(f"rank {self.rank} "):
+            if self.reporting or message.startswith(f"rank {self.rank} "):
                 continue  # our own failure; the main thread is exiting
             _emit(f"rank {self.rank} stopping: {message}")
             os._exit(self.exit_code)
@@ -146,18 +242,26 @@ def _rank_of(layout: Any) -> int:
     return int(os.environ.get("RANK", "0") or 0)
 
 
-def fail(exc: BaseException, layout: Any = None, exit_code: int = 1, linger_s: float = 0.0) -> None:
+def fail(exc: BaseException, layout: Any = None, exit_code: int = 1, linger_s: float = 0.0, poll_s: float = 2.0) -> None:
     """Report `exc` as this rank's failure and leave the process now (does not return).
 
     When another rank has already recorded a failure, this one is a consequence (a closed
-    connection, a timeout): it says `rank R stopping: <the first failure>` instead."""
+    connection, a timeout): it says `rank R stopping: <the first failure>` instead. When `exc` looks
+    like a lost peer, the heartbeats name the peer that died or hung (see the module doc)."""
     rank = _rank_of(layout)
     timeout_s = getattr(layout, "timeout_s", None)
     cause = describe_exception(exc, timeout_s)
     earlier = read_failure()
     if earlier and not earlier.startswith(f"rank {rank} "):
         _emit(f"rank {rank} stopping: {earlier} (this rank then saw: {cause})")
-        os._exit(exit_code)
+        os._exit(EXIT_INTERRUPTED)
+    if is_peer_symptom(exc) and _world_size(layout) > 1:
+        message = _blame(rank, _world_size(layout), cause, 3 * poll_s + 0.5)
+        if message is not None:
+            _emit(message if record_failure(message) else f"rank {rank} stopping: {read_failure() or message}")
+            if linger_s > 0:
+                time.sleep(linger_s)
+            os._exit(EXIT_INTERRUPTED)
     if not isinstance(exc, CosmosDistError):
         try:
             traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
@@ -169,6 +273,30 @@ def fail(exc: BaseException, layout: Any = None, exit_code: int = 1, linger_s: f
     if linger_s > 0:
         time.sleep(linger_s)  # let peers read the store before a store-hosting rank goes away
     os._exit(exit_code)
+
+
+def _world_size(layout: Any) -> int:
+    if layout is not None and getattr(layout, "world_size", None):
+        return int(layout.world_size)
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
+def _blame(rank: int, world_size: int, cause: str, wait_s: float) -> str | None:
+    """`rank P failed: ... (rank R saw: cause)` for the peer(s) whose heartbeat stopped, or None when every
+    peer is alive (then this rank's own error is the news)."""
+    store = _default_store()
+    peers = unresponsive_peers(store, world_size, rank, wait_s) if store is not None else None
+    if peers is None:
+        # The store is gone. Outside torchrun rank 0 hosts it, so rank 0 is the one that went away.
+        if rank != 0 and "TORCHELASTIC_RUN_ID" not in os.environ:
+            return f"rank 0 failed: its process is gone (the job's store, which it hosted, is unreachable) (rank {rank} saw: {cause})"
+        return None
+    if not peers:
+        return None
+    parts = [f"rank {p} failed: {blame_peer(store, p, wait_s)}" for p in peers[:4]]
+    return "; ".join(parts) + f" (rank {rank} saw: {cause})"
 
 
 def run_guarded(
@@ -191,14 +319,44 @@ def run_guarded(
         if isinstance(exc, SystemExit) and exc.code in (0, None):
             raise
         if watchdog is not None:
-            watchdog.stop()  # this thread reports from here on
+            # This thread reports from here on; the heartbeat goes on, so that peers judging who died while
+            # this rank is reporting do not count it.
+            watchdog.reporting = True
+        REPORTING.set()
         if isinstance(exc, KeyboardInterrupt):
-            fail(exc, layout, 130)
+            fail(exc, layout, EXIT_INTERRUPTED)
         code = exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else exit_code
-        fail(exc, layout, code, _linger(rank, poll_s))
+        fail(exc, layout, code, _linger(rank, poll_s), poll_s)
     finally:
         if watchdog is not None:
             watchdog.stop()
+
+
+#: Set while this rank reports its own failure (run_guarded), so a SIGTERM does not cut the report short.
+REPORTING = threading.Event()
+
+
+def job_is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def stop_on_term(poll_s: float = 2.0) -> None:
+    """SIGTERM from the launcher (see preemption.StopFlag): leave now with one line, naming a peer that died or
+    hung when there is one (torchrun sends SIGTERM because a worker ended). Does not return."""
+    if REPORTING.is_set():  # the main thread is reporting already and exits when done
+        time.sleep(60)
+        os._exit(EXIT_INTERRUPTED)
+    REPORTING.set()
+    rank = _rank_of(None)
+    earlier = read_failure()
+    message = None if earlier else _blame(rank, _world_size(None), "SIGTERM from the launcher", 3 * poll_s + 0.5)
+    if earlier:
+        _emit(f"rank {rank} stopping: {earlier} (then SIGTERM from the launcher)")
+    elif message:
+        _emit(message if record_failure(message) else f"rank {rank} stopping: {read_failure() or message}")
+    else:
+        _emit(f"rank {rank} stopping: SIGTERM from the launcher; the sample in progress stays pending")
+    os._exit(EXIT_INTERRUPTED)
 
 
 def _linger(rank: int, poll_s: float) -> float:

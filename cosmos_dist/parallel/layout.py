@@ -39,10 +39,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from cosmos_dist import choices
+from cosmos_dist.config import ParallelConfig  # the one schema of the `parallel.*` keys
 from cosmos_dist.errors import ConfigError
 
-CP_IMPLS = ("auto", "ulysses", "ring", "usp", "te")
-TE_COMM_TYPES = ("p2p", "a2a", "a2a+p2p", "all_gather")
+# The choice lists of parallel.cp_impl / parallel.te_comm_type, under the names this module has always had.
+CP_IMPLS = choices.CP_IMPLS
+TE_COMM_TYPES = choices.TE_COMM_TYPES
 
 # NCCL settings that are safe for inference jobs; only applied where the user has not set them.
 NCCL_ENV_DEFAULTS = {
@@ -54,48 +57,6 @@ NCCL_ENV_DEFAULTS = {
     # A timed-out or failed NCCL collective tears the process down instead of hanging forever.
     "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
 }
-
-
-@dataclass(frozen=True)
-class ParallelConfig:
-    """How one job spreads over its processes.
-
-    cp_size: ranks that share one sample's token sequence (context parallel).
-    cp_impl: self-attention across the cp group: auto | ulysses | ring | usp | te.
-    cfg_parallel: run the conditional and unconditional CFG branches on two rank groups at once.
-    timeout_s: timeout of every process group (a collective that waits longer fails).
-    ulysses_size: ulysses group size for usp (ulysses x ring); None picks one per node.
-    te_comm_type: Transformer Engine's cp_comm_type when cp_impl is te.
-    """
-
-    cp_size: int = 1
-    cp_impl: str = "auto"
-    cfg_parallel: bool = False
-    timeout_s: float = 600
-    ulysses_size: int | None = None
-    te_comm_type: str = "p2p"
-
-    def validate(self) -> None:
-        if not isinstance(self.cp_size, int) or self.cp_size < 1:
-            raise ConfigError(f"parallel.cp_size must be a positive integer; got {self.cp_size!r}")
-        if self.cp_impl not in CP_IMPLS:
-            raise ConfigError(f"parallel.cp_impl {self.cp_impl!r} is unknown; choose one of {', '.join(CP_IMPLS)}")
-        if not self.timeout_s or self.timeout_s <= 0:
-            raise ConfigError(f"parallel.timeout_s must be > 0 seconds; got {self.timeout_s!r}")
-        if self.ulysses_size is not None:
-            u = self.ulysses_size
-            if not isinstance(u, int) or u < 1 or self.cp_size % u:
-                raise ConfigError(
-                    f"parallel.ulysses_size={u!r} must be a positive divisor of parallel.cp_size={self.cp_size}"
-                )
-        if self.te_comm_type not in TE_COMM_TYPES:
-            raise ConfigError(
-                f"parallel.te_comm_type {self.te_comm_type!r} is unknown; choose one of {', '.join(TE_COMM_TYPES)}"
-            )
-
-    @property
-    def cfg_size(self) -> int:
-        return 2 if self.cfg_parallel else 1
 
 
 def plan_sizes(world_size: int, pcfg: ParallelConfig) -> tuple[int, int, int]:

@@ -49,7 +49,7 @@ def resolve_assets(cfg, announce: bool = True) -> AssetPaths:
     dit = find_dit_file(dit_dir)
     if dit is None:
         raise CheckpointError(
-            f"model.{m.preset}: no checkpoint at {dit_dir / 'model.pt'} (or model.safetensors); "
+            f"model={m.preset}: no checkpoint at {dit_dir / 'model.pt'} (or model.safetensors); "
             f"set checkpoint_dir=... to the folder holding {m.dit_dir}/, or {DOWNLOAD_HINT}"
         )
     for what, path, must in (
@@ -105,3 +105,20 @@ def _atomic_dir(final: Path, write) -> None:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def dit_preset(cfg):
+    """The DiT's architecture for this run: the model's preset, with model.rope_extrapolation when given."""
+    from cosmos_dist.models import get_preset
+
+    preset = get_preset(cfg.model.preset)
+    if cfg.model.rope_extrapolation is not None:
+        preset = preset.replace(rope_extrapolation=tuple(float(v) for v in cfg.model.rope_extrapolation))
+    return preset
+
+
+def check_dit_file(path: Path, cfg) -> None:
+    """A checkpoint of the wrong variant is refused from its index, before T5 (11B) loads."""
+    from cosmos_dist.checkpoint import check_checkpoint
+
+    check_checkpoint(path, dit_preset(cfg))

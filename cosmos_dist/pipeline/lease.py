@@ -23,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-from cosmos_dist.errors import CosmosDistError
+from cosmos_dist.errors import EXIT_SHARD_BUSY, CosmosDistError
 
 log = logging.getLogger("cosmos_dist")
 
@@ -31,7 +31,6 @@ LEASE_ENV = "COSMOS_SHARD_LEASE"  # token of a lease the launcher holds for this
 HEARTBEAT_ENV = "COSMOS_LEASE_HEARTBEAT_S"
 DEFAULT_HEARTBEAT_S = 20.0
 STALE_FACTOR = 6  # a lease not touched for 6 heartbeats is a dead holder's
-EXIT_SHARD_BUSY = 4  # the process exit code of a run refused because its shard is running elsewhere
 
 
 class ShardBusy(CosmosDistError):

@@ -38,9 +38,21 @@ STOP_FILE_ENV = "COSMOS_STOP_FILE"
 EXIT_PENDING = 3
 
 
-# ---- stop requests -------------------------------------------------------------------------------
+# ---- stop requests -------------------------------------------------------------------------------------
+#: Seconds a single-process run gets after SIGTERM to finish the sample in progress before it exits
+#: (Slurm's default KillWait is 30 s before SIGKILL). Under torchrun SIGTERM is the launcher stopping its
+#: workers, so a rank exits at once. Either way the exit code is EXIT_INTERRUPTED and the sample stays pending.
+TERM_GRACE_ENV = "COSMOS_TERM_GRACE_S"
+DEFAULT_TERM_GRACE_S = 20.0
+
+
 class StopFlag:
-    """`requested` turns true on one of `signals`, or once `stop_file` exists (checked on each read)."""
+    """`requested` turns true on one of `signals`, or once `stop_file` exists (checked on each read).
+
+    SIGUSR1 asks for a stop after the current sample. SIGTERM does too, and also arms a watcher thread that
+    ends the process if it is still running after the grace (see TERM_GRACE_ENV): Python runs a signal handler
+    only between bytecodes, so a rank blocked in a collective (waiting for a dead or stopped peer) would
+    otherwise sit out torchrun's shutdown SIGTERM until the collective times out and be SIGKILLed."""
 
     def __init__(self, stop_file: str | os.PathLike | None = None):
         self._requested = False
@@ -74,8 +86,76 @@ class StopFlag:
             try:
                 signal.signal(sig, flag._handler)
             except ValueError:  # not the main thread (e.g. inside a test runner thread)
-                pass
+                return flag
+        if signal.SIGTERM in signals:
+            _watch_term(term_grace_s())
         return flag
+
+
+def term_grace_s() -> float:
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        return 0.0
+    try:
+        return max(0.0, float(os.environ.get(TERM_GRACE_ENV, DEFAULT_TERM_GRACE_S)))
+    except ValueError:
+        return DEFAULT_TERM_GRACE_S
+
+
+_term_watcher = None  # the watcher thread, once started (threading is imported lazily)
+
+
+def _watch_term(grace_s: float) -> None:
+    """Start (once per process) the thread that sees SIGTERM at the C level, through signal.set_wakeup_fd, and
+    ends the process `grace_s` later if it has not ended by itself. Not installed when another wakeup fd is
+    in use (an asyncio loop)."""
+    import threading
+
+    global _term_watcher
+    if _term_watcher is not None:
+        return
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    try:
+        previous = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    except ValueError:  # not the main thread
+        previous = None
+    if previous != -1:
+        if previous is not None:
+            signal.set_wakeup_fd(previous)
+        os.close(read_fd)
+        os.close(write_fd)
+        return
+    _term_watcher = threading.Thread(target=_term_watch, args=(read_fd, grace_s), name="cosmos-dist-term", daemon=True)
+    _term_watcher.start()
+
+
+def _term_watch(read_fd: int, grace_s: float) -> None:
+    import time
+
+    from cosmos_dist.errors import EXIT_INTERRUPTED
+
+    while True:
+        try:
+            data = os.read(read_fd, 64)
+        except OSError:
+            return
+        if not data:
+            return
+        if int(signal.SIGTERM) in data:
+            break
+    time.sleep(grace_s)  # the main thread stops by itself meanwhile when it can (the process then ends)
+    guard = sys.modules.get("cosmos_dist.parallel.guard")
+    if guard is not None and guard.job_is_distributed():
+        guard.stop_on_term()  # names the rank that died or hung, if any; does not return
+    rank = os.environ.get("RANK")
+    who = f"rank {rank}" if rank is not None and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 else "the run"
+    how = "from the launcher" if grace_s == 0 else f"and was still running {grace_s:g} s later"
+    try:
+        sys.stdout.flush()
+        print(f"[cosmos_dist] {who} received TERM {how}: exiting now; the sample in progress stays pending",
+              file=sys.stderr, flush=True)
+    finally:
+        os._exit(EXIT_INTERRUPTED)
 
 
 # ---- where things are ----------------------------------------------------------------------------
@@ -127,13 +207,14 @@ class ShardProgress:
 
 
 def last_events(manifest_path: str | os.PathLike) -> dict[str, str]:
-    """sample id -> status of its latest done / failed / blocked event in the manifest."""
+    """sample id -> status of its latest done / failed / blocked / interrupted event in the manifest (an
+    `interrupted` sample, cut short by a lost rank, counts as pending even after an earlier failure)."""
     from cosmos_dist.io.records import read_manifest
 
     last: dict[str, str] = {}
     for entry in read_manifest(manifest_path):
         sid, status = entry.get("sample_id"), entry.get("status")
-        if sid is not None and status in ("done", "failed", "blocked"):
+        if sid is not None and status in ("done", "failed", "blocked", "interrupted"):
             last[sid] = status
     return last
 

@@ -16,10 +16,12 @@ Per sample, on top of Text2World's stages:
    per sample from fixed_noise(shape, seed, sample_id, "augment") and reused at every step. After guidance,
      F = ind * F_rep + (1 - ind) * F,    F_rep = (gt - c_skip(sigma) x_in) / c_out(sigma)
    so the denoised estimate D = c_skip x_in + c_out F equals gt on the condition frames, and the Euler step starts
-   from x_in. Both replacements are off for steps with sigma <= 0.001 (the last two of 35: the condition frames are
-   denoised freely there); the mask channel stays 1. The sampler's state x is x_sigma (unscaled) and its network
-   input is c_in(sigma) * x_in, exactly the reference's quantities. Like the reference, which runs in bf16 and casts
-   sigma to bf16 for this arithmetic, the hooks round sigma to the network dtype when that is 16-bit.
+   from x_in. condition_replacement=reference uses the reference's code as written instead, F_rep = gt / c_out -
+   c_skip x_in (see cosmos_dist.sampling.condition). Both replacements are off for steps with sigma <= 0.001 (the
+   last two of 35: the condition frames are denoised freely there); the mask channel stays 1. The sampler's state
+   x is x_sigma (unscaled) and its network input is c_in(sigma) * x_in, exactly the reference's quantities. Like
+   the reference, which runs in bf16 and casts sigma to bf16 for this arithmetic, the hooks round sigma to the
+   network dtype when that is 16-bit.
 
 The sampler works on token shards (context parallelism): gt, the indicator and the augment noise are patchified
 with the network's `patchify` and sliced with the same token range as the state, so each rank conditions exactly
@@ -46,9 +48,9 @@ import torch
 from cosmos_dist.errors import InputError
 from cosmos_dist.io.prompts import BadLine, single_prompt_item
 from cosmos_dist.io.visual_input import RESIZE_MODES, check_visual_input, load_condition_frames
-from cosmos_dist.pipeline import stages
-from cosmos_dist.pipeline.text2world import Text2WorldPipeline
-from cosmos_dist.sampling import AUGMENT_STREAM, StepHooks, c_in, c_out, c_skip, fixed_noise
+from cosmos_dist.pipeline.base import WorldPipeline
+from cosmos_dist.pipeline.denoiser import latent_shape
+from cosmos_dist.sampling import AUGMENT_STREAM, StepHooks, c_in, condition_output, fixed_noise
 
 log = logging.getLogger("cosmos_dist")
 
@@ -56,12 +58,17 @@ log = logging.getLogger("cosmos_dist")
 AUGMENT_SIGMA = 0.001
 #: Keys of a prompts-file line that name the conditioning input (ours, and the reference's).
 INPUT_KEYS = ("input_path", "visual_input")
-NUM_INPUT_FRAMES = (1, 9)
+from cosmos_dist.choices import NUM_INPUT_FRAMES  # noqa: E402  (the one list)
 
 NO_GUIDANCE_NOTE = (
     "negative_prompt is empty: as in the reference Video2World, classifier-free guidance has no effect "
     "(its unconditional branch equals the conditional one), so only the conditional pass was run; "
     "give a non-empty negative_prompt to guide"
+)
+
+REFERENCE_REPLACEMENT_NOTE = (
+    "condition_replacement=reference: the condition frames were replaced with the reference's code as written "
+    "(gt / c_out - c_skip * x), so they are not the encoded input; the default (intended) keeps the input"
 )
 
 
@@ -92,8 +99,10 @@ class ConditionHooks(StepHooks):
         noise: torch.Tensor,
         augment_sigma: float = AUGMENT_SIGMA,
         sigma_dtype: torch.dtype = torch.float32,
+        replacement: str = "intended",
     ):
         self.gt = gt.to(torch.float32)
+        self.replacement = replacement
         self.indicator = indicator.to(torch.bool)
         self.augment_sigma = float(augment_sigma)
         self.sigma_dtype = sigma_dtype
@@ -114,19 +123,20 @@ class ConditionHooks(StepHooks):
         s = hook_sigma(sigma, self.sigma_dtype)
         if s <= self.augment_sigma:
             return f
-        f_rep = (self.gt - c_skip(s) * x_in.to(torch.float32)) / c_out(s)
+        f_rep = condition_output(self.gt, x_in.to(torch.float32), s, self.replacement)
         return torch.where(self.indicator, f_rep, f.to(torch.float32))
 
 
 @dataclass
 class Video2WorldCondition:
-    """The `condition` stages.sample_latent takes: the mask channel and the step hooks of one sample."""
+    """The `condition` denoiser.sample_latent takes: the mask channel and the step hooks of one sample."""
 
     gt: torch.Tensor  # (1, 16, T, H, W) float32: the encoded input clip
     num_condition_frames: int  # leading latent frames that are conditioning
     augment_noise: torch.Tensor  # (1, 16, T, H, W) float32 standard normal, fixed for the sample
     augment_sigma: float = AUGMENT_SIGMA
     sigma_dtype: torch.dtype = torch.float32  # the network's run dtype
+    replacement: str = "intended"  # condition_replacement: intended | reference (cosmos_dist.sampling.condition)
 
     @property
     def indicator(self) -> torch.Tensor:
@@ -150,7 +160,7 @@ class Video2WorldCondition:
         gt = self.gt.to(torch.float32)
         indicator = shard(self.indicator.expand_as(gt).contiguous()) > 0.5
         noise = shard(self.augment_noise.to(gt.device, torch.float32))
-        return ConditionHooks(shard(gt), indicator, noise, self.augment_sigma, self.sigma_dtype)
+        return ConditionHooks(shard(gt), indicator, noise, self.augment_sigma, self.sigma_dtype, self.replacement)
 
 
 @dataclass(frozen=True)
@@ -161,37 +171,22 @@ class InputSpec:
     resize_mode: str
 
 
-def _on_leader(layout, fn):
-    run = getattr(layout, "on_leader", None)
-    return fn() if run is None else run(fn)
+class Video2WorldPipeline(WorldPipeline):
+    """Image or video + text -> video: Text2World's run order plus the condition stage (module docstring)."""
 
-
-def _share_tensor(layout, t):
-    share = getattr(layout, "share_tensor", None)
-    return t if share is None else share(t)
-
-
-class Video2WorldPipeline(Text2WorldPipeline):
     kind = "video2world"
 
-    def __init__(self, cfg, layout):
-        super().__init__(cfg, layout)
-        self._input_records: dict[str, dict] = {}
-
-    # ---- setup -----------------------------------------------------------------------------
+    # ---- 1. check inputs ---------------------------------------------------------------------------
     def prepare(self):
         """Text2World's checks, plus: a `prompt=` run's input must exist and be readable by type (an error
         before any model loads); a prompts-file line whose input keys are malformed is a bad line. Files
         that are missing or unreadable fail their sample at generation time, the others continue."""
         work, assets = super().prepare()
         cfg = self.cfg
-        if cfg.prompt:
-            # The input is part of the sample's identity: the same prompt on two images makes two samples.
-            work.items = [single_prompt_item(cfg.prompt, name=cfg.name, extra={"input_path": cfg.input_path})]
         kept = []
         for item in work.items:
             try:
-                spec = self.input_spec(item)
+                spec = self.input_spec(cfg, item)
                 if cfg.prompt:
                     check_visual_input(spec.path, spec.num_input_frames)
             except InputError as exc:
@@ -204,21 +199,17 @@ class Video2WorldPipeline(Text2WorldPipeline):
         work.bad_lines.sort(key=lambda b: b.line_number)
         return work, assets
 
-    def load_models(self, assets) -> None:
-        super().load_models(assets)
-        tok = getattr(self, "tokenizer", None)
-        if tok is not None and getattr(tok.tokenizer, "encoder", None) is None:
-            from cosmos_dist.tokenizer import VideoTokenizer
+    def collect_work(self):
+        work = super().collect_work()
+        if self.cfg.prompt:
+            # The input is part of the sample's identity: the same prompt on two images makes two samples.
+            work.items = [single_prompt_item(self.cfg.prompt, name=self.cfg.name,
+                                             extra={"input_path": self.cfg.input_path})]
+        return work
 
-            self.tokenizer = stages.TokenizerStage(
-                VideoTokenizer.from_dir(assets.tokenizer, device=self.device, dtype=self.tokenizer_dtype, load_encoder=True,
-                                        decode_chunk_frames=int(self.cfg.precision.tokenizer_decode_chunk),
-                                        encode_chunk_frames=int(self.cfg.precision.tokenizer_encode_chunk))
-            )
-
-    def input_spec(self, item) -> InputSpec:
+    def input_spec(self, cfg, item) -> InputSpec:
         """Which file conditions `item`, with how many frames; InputError for malformed keys."""
-        cfg, extra = self.cfg, item.extra
+        extra = item.extra
         given = {k: extra[k] for k in INPUT_KEYS if extra.get(k) is not None}
         for key, value in given.items():
             if not isinstance(value, str) or not value.strip():
@@ -237,66 +228,68 @@ class Video2WorldPipeline(Text2WorldPipeline):
             raise InputError(f"num_input_frames={n} leaves nothing to generate in num_frames={cfg.num_frames}")
         if cfg.resize_mode not in RESIZE_MODES:
             raise InputError(f"resize_mode {cfg.resize_mode!r}; choose one of {', '.join(RESIZE_MODES)}")
-        return InputSpec(path, self._resolve_path(path, item), n, cfg.resize_mode)
+        return InputSpec(path, self._resolve_path(cfg, path, item), n, cfg.resize_mode)
 
-    def _resolve_path(self, given: str, item) -> Path:
+    def _resolve_path(self, cfg, given: str, item) -> Path:
         p = Path(given).expanduser()
-        if not p.is_absolute() and not p.exists() and item.line_number is not None and self.cfg.prompts_file:
-            beside = Path(self.cfg.prompts_file).parent / p
+        if not p.is_absolute() and not p.exists() and item.line_number is not None and cfg.prompts_file:
+            beside = Path(cfg.prompts_file).parent / p
             if beside.exists():
                 return beside
         return p
 
-    # ---- per sample --------------------------------------------------------------------------
+    # ---- 2. text: no negative prompt, no guidance ----------------------------------------------------
     def encode(self, prompt: str, negative: str):
         cond, uncond = super().encode(prompt, negative)
         if not negative:
             return cond, None  # the reference's v2w: no negative embedding -> no guidance (see module doc)
         return cond, uncond
 
-    def sampling_condition(self, item, seed: int, timings: dict, notes: list) -> Video2WorldCondition:
-        cfg, net = self.cfg, self.net
+    # ---- 3. condition: read the input, encode it ------------------------------------------------------
+    def condition(self, cfg, s) -> Video2WorldCondition:
+        item, net, plan, rt = s.item, self.components.net, self.plan, self.runtime
         t0 = time.perf_counter()
-        shape = stages.latent_shape(cfg, net.config.latent_channels)
+        shape = latent_shape(cfg, net.config.latent_channels)
         encoded = {}
 
         def read_and_encode() -> dict:
-            spec = self.input_spec(item)
+            spec = self.input_spec(cfg, item)
             frames, info = load_condition_frames(
-                spec.path, spec.num_input_frames, cfg.height, cfg.width, spec.resize_mode, dtype=self.tokenizer_dtype
+                spec.path, spec.num_input_frames, cfg.height, cfg.width, spec.resize_mode, dtype=plan.tokenizer_dtype
             )
-            clip = torch.zeros((1, 3, cfg.num_frames, cfg.height, cfg.width), dtype=self.tokenizer_dtype)
+            clip = torch.zeros((1, 3, cfg.num_frames, cfg.height, cfg.width), dtype=plan.tokenizer_dtype)
             clip[0, :, : spec.num_input_frames] = frames.permute(1, 0, 2, 3)
-            gt = self.tokenizer.tokenizer.encode(clip)
+            gt = self.components.tokenizer.encode(clip)
             if tuple(gt.shape) != tuple(shape):
                 raise InputError(f"the tokenizer encoded the input clip to {tuple(gt.shape)}; expected {tuple(shape)}")
             encoded["gt"] = gt
             return {"spec": spec, "info": info.describe()}
 
-        meta = _on_leader(self.layout, read_and_encode)
-        gt = _share_tensor(self.layout, encoded.get("gt")).to(self.device, torch.float32)
+        meta = rt.on_leader(read_and_encode)
+        gt = rt.share_tensor(encoded.get("gt")).to(plan.device, torch.float32)
         spec, info = meta["spec"], meta["info"]
         k = condition_latent_frames(spec.num_input_frames)
         condition = Video2WorldCondition(
             gt=gt,
             num_condition_frames=k,
-            augment_noise=fixed_noise(shape, seed, item.sample_id, AUGMENT_STREAM),
+            augment_noise=fixed_noise(shape, s.seed, item.sample_id, AUGMENT_STREAM),
             sigma_dtype=net.dtype,
+            replacement=cfg.condition_replacement,
         )
-        timings["condition_encode_s"] = time.perf_counter() - t0
+        s.timings["condition_encode_s"] = time.perf_counter() - t0
 
-        negative = item.negative_prompt if item.negative_prompt is not None else cfg.negative_prompt
-        guided = bool(negative) and cfg.guidance != 0
-        if not negative and cfg.guidance != 0:
-            notes.append(NO_GUIDANCE_NOTE)
+        guided = bool(s.negative) and cfg.guidance != 0
+        if not s.negative and cfg.guidance != 0:
+            s.notes.append(NO_GUIDANCE_NOTE)
+        if cfg.condition_replacement == "reference":
+            s.notes.append(REFERENCE_REPLACEMENT_NOTE)
         w, h = info["original_size"]["width"], info["original_size"]["height"]
         if spec.resize_mode == "stretch" and abs(w * cfg.height - h * cfg.width) > 0.01 * h * cfg.width:
-            notes.append(
+            s.notes.append(
                 f"input {w}x{h} was stretched to {cfg.width}x{cfg.height} (aspect ratio not kept, as the reference; "
                 "resize_mode=crop or resize_mode=pad keep it)"
             )
-        # Kept per sample until its sidecar is written (stages.write_outputs, replica leader); a chunk holds several.
-        self._input_records[item.sample_id] = {
+        s.records["video2world"] = {
             "input_path": spec.given,
             "input_resolved": str(spec.path.resolve()),
             "input_kind": info["kind"],
@@ -307,10 +300,11 @@ class Video2WorldPipeline(Text2WorldPipeline):
             "num_condition_latent_frames": k,
             "resize_mode": spec.resize_mode,
             "augment_sigma": AUGMENT_SIGMA,
+            "condition_replacement": cfg.condition_replacement,
             "classifier_free_guidance": guided,
         }
         return condition
 
-    def sidecar_extra(self, item) -> dict:
-        """Read by stages.write_outputs: what conditioned this sample (+ guardrails, upsampler, offload)."""
-        return {**super().sidecar_extra(item), "video2world": self._input_records.pop(item.sample_id, {})}
+    # ---- 5. what the sidecar adds ---------------------------------------------------------------------
+    def sidecar_extra(self, s) -> dict:
+        return {**super().sidecar_extra(s), "video2world": s.records.get("video2world", {})}

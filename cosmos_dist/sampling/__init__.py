@@ -3,11 +3,12 @@
 Typical use (one sample):
 
     settings = SamplerSettings("euler", num_steps=35)
-    noise = initial_noise(shape, base_seed, sample_id, settings.sigma_max).to(device)
+    noise = settings.initial_noise(shape, base_seed, sample_id).to(device)
     denoise = guided_denoiser(cond_fn, uncond_fn, guidance=7.0)
     latent = settings.sample(denoise, noise, dtype=torch.bfloat16)
 """
 
+from .condition import CONDITION_REPLACEMENTS, condition_output
 from .edm import (
     SIGMA_DATA,
     c_in,
@@ -16,6 +17,7 @@ from .edm import (
     c_skip,
     denoised,
     f_from_denoised,
+    f_from_denoised_as_written,
     init_noise_sigma,
     karras_sigmas,
     res_sigmas,
@@ -29,6 +31,7 @@ from .settings import SAMPLER_NAMES, SamplerSettings
 
 __all__ = [
     "AUGMENT_STREAM",
+    "CONDITION_REPLACEMENTS",
     "DenoiseFn",
     "NullHooks",
     "ProgressFn",
@@ -40,10 +43,12 @@ __all__ = [
     "c_noise",
     "c_out",
     "c_skip",
+    "condition_output",
     "denoised",
     "euler_sample",
     "euler_step",
     "f_from_denoised",
+    "f_from_denoised_as_written",
     "fixed_noise",
     "guide",
     "guided_denoiser",

@@ -73,8 +73,19 @@ def f_from_denoised(d: torch.Tensor, x: torch.Tensor, sigma: Sigma) -> torch.Ten
 
 
 def init_noise_sigma(sigma_max: float = SIGMA_MAX) -> float:
-    """Scale of the initial noise: sqrt(sigma_max^2 + 1) (80.00625 for 80, not 80; pitfall 1)."""
+    """Scale of the Euler sampler's initial noise: sqrt(sigma_max^2 + 1) (80.00625 for 80, not 80;
+    pitfall 1), the diffusers scheduler's init_noise_sigma. RES scales by sigma_max itself (spec 2.7)."""
     return math.sqrt(sigma_max**2 + 1)
+
+
+def f_from_denoised_as_written(d: torch.Tensor, x: torch.Tensor, sigma: Sigma) -> torch.Tensor:
+    """The reference Video2World's replacement output as its code reads: d / c_out - c_skip * x.
+
+    Operator precedence makes it differ from f_from_denoised, (d - c_skip * x) / c_out: the
+    denoised estimate it gives is d + c_skip * (1 - c_out) * x, not d (spec 2.6 step 4). Offered
+    only to reproduce the reference's outputs (condition_replacement=reference).
+    """
+    return d / c_out(sigma) - c_skip(sigma) * x
 
 
 def _check_schedule_args(num_steps: int, sigma_min: float, sigma_max: float, rho: float) -> None:

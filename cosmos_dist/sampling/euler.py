@@ -9,9 +9,10 @@ float32 schedule value, used as a 0-dim float32 tensor like the scheduler does):
     x     = x_in_f32 + (x_in_f32 - D) / sigma_i * (sigma_{i+1} - sigma_i)
     x     = x.to(dtype)                                  the state is stored in the network dtype
 
-The initial noise enters the first step unrounded (the reference draws it in float32 and only the
-step's output is cast). A step to sigma = 0 returns D itself, since x + (x - D)/s * (0 - s) is D
-in exact arithmetic.
+The initial state is cast to the network dtype before the first step, as every later state is:
+the reference casts its state at the top of every iteration, the first included (Text2World draws
+its noise in float32 and the cast rounds it to bf16; Video2World draws it in bf16 directly). A step
+to sigma = 0 returns D itself, since x + (x - D)/s * (0 - s) is D in exact arithmetic.
 """
 
 from __future__ import annotations
@@ -70,8 +71,9 @@ def euler_sample(
 ) -> torch.Tensor:
     """Run len(sigmas) - 1 Euler steps from `noise` (x at sigmas[0]) and return x at sigmas[-1].
 
-    noise:  the initial state, already scaled (initial_noise gives sqrt(sigma_max^2 + 1) * N(0, I)),
-            on the device the network runs on; any layout with the batch first.
+    noise:  the initial state, already scaled (SamplerSettings("euler").initial_noise gives
+            sqrt(sigma_max^2 + 1) * N(0, I)), on the device the network runs on; any layout with the
+            batch first. It is rounded to `dtype` before the first step, like every later state.
     sigmas: num_steps + 1 decreasing values, e.g. karras_sigmas(35); may end in 0.
     dtype:  the network's run dtype: the net input and c_noise are cast to it, F is taken in it
             and the state is stored in it between steps.
@@ -81,7 +83,7 @@ def euler_sample(
     sigmas = _check_sigmas(sigmas)
     hooks = resolve_hooks(hooks)
     num_steps = sigmas.numel() - 1
-    x = noise
+    x = noise.to(dtype)  # the reference's loop casts the state, the initial noise included (spec 2.3)
     for i in range(num_steps):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         sigma_f = float(sigma)
@@ -93,5 +95,5 @@ def euler_sample(
         f = hooks.replace_output(f, x_in, sigma_f, i).to(dtype)
         x = euler_step(x_in, f, sigma, sigma_next).to(dtype)
         if progress is not None:
-            progress(i, num_steps)
+            progress(i, num_steps, x)
     return x.to(torch.float32)

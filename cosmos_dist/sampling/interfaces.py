@@ -12,8 +12,10 @@ from typing import Callable, Optional, Protocol
 
 import torch
 
-# progress(step_index, total): called after each network evaluation, step_index counting from 0.
-ProgressFn = Callable[[int, int], None]
+# progress(step_index, total, state): called after each network evaluation, step_index counting from 0, with the
+# latent after that evaluation (Euler: the new state; RES: the evaluation's denoised estimate), in the loop's
+# layout: a whole latent or this rank's token shard.
+ProgressFn = Callable[[int, int, torch.Tensor], None]
 
 
 class DenoiseFn(Protocol):

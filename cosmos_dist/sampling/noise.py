@@ -82,16 +82,19 @@ def initial_noise(
     sigma_max: float = SIGMA_MAX,
     *,
     seed: Optional[int] = None,
+    scale: Optional[float] = None,
 ) -> torch.Tensor:
-    """x at sigma_max: float32 CPU standard normal noise times sqrt(sigma_max^2 + 1).
+    """x at sigma_max: float32 CPU standard normal noise times `scale`.
 
+    scale: None gives the Euler sampler's sqrt(sigma_max^2 + 1); RES uses sigma_max itself, so
+    prefer SamplerSettings.initial_noise, which picks the scale of its sampler.
     The generator is seeded with sample_seed(base_seed, sample_id); pass `seed` to use an already
     derived seed instead (e.g. one read back from a sidecar), in which case base_seed and
     sample_id are ignored.
     """
     if seed is None:
         seed = sample_seed(base_seed, sample_id)
-    return _randn(shape, seed) * init_noise_sigma(sigma_max)
+    return _randn(shape, seed) * (init_noise_sigma(sigma_max) if scale is None else float(scale))
 
 
 def fixed_noise(shape: Sequence[int], base_seed: int, sample_id: str, stream: str) -> torch.Tensor:

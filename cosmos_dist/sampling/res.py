@@ -82,6 +82,11 @@ def res_sample(
 ) -> torch.Tensor:
     """Run RES 2ab from `noise` (x at sigma_max) and return the clean sample as float32.
 
+    The reference scales RES's initial noise by sigma_max itself, not by the Euler scheduler's
+    sqrt(sigma_max^2 + 1) (SamplerSettings("res").initial_noise does this). Unlike Euler, the
+    state is not rounded to the network dtype: the reference starts from its float32 noise and
+    keeps the state in float64 after the first step; only the network input is cast.
+
     Makes num_steps + 1 network evaluations: steps 0..num_steps-1 move along res_sigmas, and
     evaluation num_steps (at sigma_min) gives the returned x0. Hooks and progress see all of
     them, progress with total = num_steps + 1.
@@ -102,7 +107,7 @@ def res_sample(
         f = hooks.replace_output(f, x_in, sigma, k).to(dtype)
         x0 = edm.c_skip(sigma) * x64 + edm.c_out(sigma) * f.to(torch.float64)
         if progress is not None:
-            progress(k, total)
+            progress(k, total, x0)
         return x64, x0
 
     x = noise.to(torch.float64)

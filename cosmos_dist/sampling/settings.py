@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 
 from . import edm
 from .euler import euler_sample
 from .interfaces import DenoiseFn, ProgressFn, StepHooks
+from .noise import initial_noise
 from .res import res_sample
 
-SAMPLER_NAMES = ("euler", "res")
+from cosmos_dist.choices import SAMPLERS as SAMPLER_NAMES  # noqa: E402  (the one list)
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,18 @@ class SamplerSettings:
         return edm.res_sigmas(self.num_steps, self.sigma_min, self.sigma_max, self.rho)
 
     def init_noise_sigma(self) -> float:
-        """Scale of the initial noise for this sigma_max (see noise.initial_noise)."""
+        """Scale of this sampler's initial noise, as the reference scales it: Euler (the diffusers
+        scheduler) sqrt(sigma_max^2 + 1), RES sigma_max itself (spec 2.2, 2.7)."""
+        if self.name == "res":
+            return float(self.sigma_max)
         return edm.init_noise_sigma(self.sigma_max)
+
+    def initial_noise(
+        self, shape: Sequence[int], base_seed: int, sample_id: str, *, seed: Optional[int] = None
+    ) -> torch.Tensor:
+        """A sample's initial state for this sampler: noise.initial_noise scaled by init_noise_sigma()
+        (float32, CPU; the same standard normal draw for both samplers)."""
+        return initial_noise(shape, base_seed, sample_id, self.sigma_max, seed=seed, scale=self.init_noise_sigma())
 
     def sample(
         self,

@@ -49,15 +49,11 @@ def check_prompt(
 ) -> tuple[str, list[str]]:
     """Check a prompt against the limits; returns `(prompt_to_use, notes)`.
 
-    `tokenizer` is a T5 tokenizer (see `load_t5_tokenizer`) or a `T5TextEncoder` (its tokenizer is used); without
-    one only words are checked. Raises `InputError` for an empty prompt, and for a prompt over `max_words` words or
+    `tokenizer` is a T5 tokenizer (`load_t5_tokenizer`, or a `T5TextEncoder`'s `.tokenizer`); without one only
+    words are checked. Raises `InputError` for an empty prompt, and for a prompt over `max_words` words or
     `max_tokens` T5 tokens unless `allow_long`. With `allow_long`, a prompt over the token limit is cut to exactly
     the text T5 sees, and the notes (for the sidecar) say so.
     """
-    from cosmos_dist.text.t5 import T5TextEncoder
-
-    if isinstance(tokenizer, T5TextEncoder):
-        tokenizer = tokenizer.tokenizer
     if not isinstance(prompt, str):
         raise InputError(f"{what} must be a string, got {type(prompt).__name__}")
     if not prompt.strip():

@@ -19,6 +19,7 @@ from typing import Sequence
 import torch
 
 from cosmos_dist.errors import CheckpointError
+from cosmos_dist.text.prompt_rules import check_prompt, count_tokens
 
 #: Where the T5 directory lives under `checkpoint_dir` (spec 4.1).
 T5_SUBDIR = os.path.join("google-t5", "t5-11b")
@@ -159,13 +160,9 @@ class T5TextEncoder:
 
     # ------------------------------------------------------------------ prompt rules
     def count_tokens(self, prompt: str) -> int:
-        from cosmos_dist.text.prompt_rules import count_tokens
-
         return count_tokens(self.tokenizer, prompt)
 
     def check_prompt(self, prompt: str, **kwargs):
-        from cosmos_dist.text.prompt_rules import check_prompt
-
         kwargs.setdefault("max_tokens", self.max_length)
         return check_prompt(prompt, tokenizer=self.tokenizer, **kwargs)
 

@@ -22,7 +22,8 @@ Implementations (inference only: no autograd support is attempted):
   matters for causal masks: with attn_mask_type="no_mask" every query still sees every key, and
   TE's a2a reordering is undone after attention, so our contiguous shards give the exact result
   (this is also how the reference runs it). TE does need equal shard lengths, even ones
-  (tokens divisible by 2*cp), and H % (a2a group size) == 0; these are checked.
+  (tokens divisible by 2*cp), H % (a2a group size) == 0 and, for a2a / a2a+p2p without flash-attn,
+  an even H (TE's fused attention); these are checked. The module runs in eval mode (inference).
 - `auto`: ulysses when H % cp == 0 and the cp group is inside one node, else usp when a ulysses
   size 1 < u < cp dividing H is available, else ring (`local` when cp == 1).
 """
@@ -40,8 +41,56 @@ from cosmos_dist.parallel.sharding import Range, range_lengths, validate_cp
 IMPLS = ("ulysses", "ring", "usp", "te")
 
 
+# ---- the collectives this file uses -------------------------------------------------------------
+# ulysses, ring and usp reach torch.distributed only through the four functions below. A `group` may
+# also be a `StandInGroup`: an object that answers the same four questions itself. The scaling model
+# (tools/scaling_model.py) passes one that copies the same bytes locally, so that one cp rank's whole
+# per-rank work runs on one device; the arithmetic is the same code either way.
+class StandInGroup:
+    """Base of a stand-in for a process group, as the functions of this file use one.
+
+    size() and rank() as in torch.distributed; all_to_all_single(recv, send, output_split_sizes,
+    input_split_sizes) fills `recv` as dist.all_to_all_single would; ring_exchange(send, recv) posts
+    the send of `send` to the next group rank and the receive of `recv` from the previous one, and
+    returns objects with wait(), after which `recv` holds the data."""
+
+    def size(self) -> int:
+        raise NotImplementedError
+
+    def rank(self) -> int:
+        raise NotImplementedError
+
+    def all_to_all_single(self, recv, send, output_split_sizes, input_split_sizes) -> None:
+        raise NotImplementedError
+
+    def ring_exchange(self, send: torch.Tensor, recv: torch.Tensor) -> list:
+        raise NotImplementedError
+
+
 def _group_size(group: Any) -> int:
+    if isinstance(group, StandInGroup):
+        return group.size()
     return 1 if group is None else dist.get_world_size(group)
+
+
+def _group_rank(group: Any) -> int:
+    return group.rank() if isinstance(group, StandInGroup) else dist.get_rank(group)
+
+
+def _all_to_all(recv: torch.Tensor, send: torch.Tensor, out_splits: list, in_splits: list, group: Any) -> None:
+    if isinstance(group, StandInGroup):
+        group.all_to_all_single(recv, send, out_splits, in_splits)
+    else:
+        dist.all_to_all_single(recv, send, output_split_sizes=out_splits, input_split_sizes=in_splits, group=group)
+
+
+def _ring_exchange(send: torch.Tensor, recv: torch.Tensor, group: Any) -> list:
+    """Post: `send` to the next rank of the group, `recv` from the previous one; returns the requests."""
+    if isinstance(group, StandInGroup):
+        return group.ring_exchange(send, recv)
+    ranks, me = dist.get_process_group_ranks(group), dist.get_rank(group)
+    nxt, prv = ranks[(me + 1) % len(ranks)], ranks[(me - 1) % len(ranks)]
+    return dist.batch_isend_irecv([dist.P2POp(dist.isend, send, nxt, group), dist.P2POp(dist.irecv, recv, prv, group)])
 
 
 # ---- log-sum-exp merge -------------------------------------------------------------------------
@@ -75,9 +124,7 @@ def _seq_to_heads(x: torch.Tensor, group: Any, lengths: Sequence[int]) -> torch.
     send = x.reshape(s, b, l_local, n, hn, d).permute(3, 2, 0, 1, 4, 5).contiguous()
     send = send.reshape(n * l_local, s, b, hn, d)
     recv = x.new_empty((sum(lengths), s, b, hn, d))
-    dist.all_to_all_single(
-        recv, send, output_split_sizes=list(lengths), input_split_sizes=[l_local] * n, group=group
-    )
+    _all_to_all(recv, send, list(lengths), [l_local] * n, group)
     return recv.permute(1, 2, 0, 3, 4)  # (S, B, L_full, hn, D), the full sequence in rank order
 
 
@@ -88,9 +135,7 @@ def _heads_to_seq(x: torch.Tensor, group: Any, lengths: Sequence[int], my_rank: 
     l_local = lengths[my_rank]
     send = x.permute(1, 0, 2, 3).contiguous()  # (L_full, B, hn, D): rank i gets its token range
     recv = x.new_empty((n * l_local, b, hn, d))
-    dist.all_to_all_single(
-        recv, send, output_split_sizes=[l_local] * n, input_split_sizes=list(lengths), group=group
-    )
+    _all_to_all(recv, send, [l_local] * n, list(lengths), group)
     # (n, L, B, hn, D) -> (B, L, n, hn, D) -> (B, L, H, D): head block j came from rank j.
     return recv.reshape(n, l_local, b, hn, d).permute(2, 1, 0, 3, 4).reshape(b, l_local, n * hn, d)
 
@@ -110,7 +155,7 @@ def ulysses_attention(
     h = q.shape[2]
     if h % n:
         raise ConfigError(f"ulysses attention needs num_heads % group size == 0; got {h} heads, group of {n}")
-    me = dist.get_rank(group)
+    me = _group_rank(group)
     if q.shape[1] != lengths[me]:
         raise ValueError(f"ulysses: rank {me} holds {q.shape[1]} tokens but its range has {lengths[me]}")
     qkv = _seq_to_heads(torch.stack([q, k, v]), group, lengths)
@@ -135,9 +180,7 @@ def ring_attention_lse(
     if n == 1:
         o, l = lse_kernel(q, k, v)
         return o.float(), l.float()
-    me = dist.get_rank(group)
-    ranks = dist.get_process_group_ranks(group)
-    nxt, prv = ranks[(me + 1) % n], ranks[(me - 1) % n]
+    me = _group_rank(group)
     if k.shape[1] != lengths[me]:
         raise ValueError(f"ring: rank {me} holds {k.shape[1]} keys but its range has {lengths[me]}")
     b, _, h, d = k.shape
@@ -148,9 +191,7 @@ def ring_attention_lse(
         if step < n - 1:
             origin = (me - step - 1) % n  # whose block the previous rank holds now
             incoming = kv.new_empty((2, b, lengths[origin], h, d))
-            reqs = dist.batch_isend_irecv(
-                [dist.P2POp(dist.isend, kv, nxt, group), dist.P2POp(dist.irecv, incoming, prv, group)]
-            )
+            reqs = _ring_exchange(kv, incoming, group)
         block_out, block_lse = lse_kernel(q, kv[0], kv[1])
         out, lse = merge_partial(out, lse, block_out, block_lse)
         for r in reqs:
@@ -211,7 +252,7 @@ def usp_attention(
         return ring_attention(q, k, v, ring_group, ring_lengths, lse_kernel)
     if q.shape[2] % n:
         raise ConfigError(f"usp needs num_heads % ulysses size == 0; got {q.shape[2]} heads, ulysses size {n}")
-    me = dist.get_rank(ulysses_group)
+    me = _group_rank(ulysses_group)
     qkv = _seq_to_heads(torch.stack([q, k, v]), ulysses_group, ulysses_lengths)
     qf, kf, vf = qkv.contiguous().unbind(0)
     out = ring_attention(qf, kf, vf, ring_group, ring_lengths, lse_kernel)
@@ -229,6 +270,31 @@ def _import_te():
             "(or `pip install transformer-engine[pytorch]`), or use cp_impl=ulysses/ring/usp"
         ) from exc
     return te
+
+
+def check_te_heads(heads: int, cp_comm_type: str, a2a_size: int, flash_attn_installed: bool = False) -> None:
+    """TE's head-count rules for its context parallelism: a2a splits the heads over the a2a group, and (TE 2.20.2,
+    attention/dot_product_attention/utils.py lines 1371-1379) its FusedAttention needs an even head count with
+    a2a and a2a+p2p. Its unfused backend has no context parallelism (lines 1269-1273), so without a flash-attn
+    install next to TE an odd head count leaves no backend."""
+    if heads % a2a_size:
+        raise ConfigError(
+            f"Transformer Engine cp_comm_type={cp_comm_type} needs num_heads % {a2a_size} == 0; got {heads} heads"
+        )
+    if cp_comm_type in ("a2a", "a2a+p2p") and heads % 2 and not flash_attn_installed:
+        raise ConfigError(
+            f"Transformer Engine's fused attention with cp_comm_type={cp_comm_type} needs an even number of heads "
+            f"(got {heads}); set parallel.te_comm_type=p2p or all_gather, or parallel.cp_impl=ulysses/ring/usp"
+        )
+
+
+def _te_flash_attn_installed() -> bool:
+    """Whether TE found a flash-attn 2 or 3 install (its own record, set when its attention backends import)."""
+    import sys
+
+    utils = sys.modules.get("transformer_engine.pytorch.attention.dot_product_attention.utils")
+    fa = getattr(utils, "FlashAttentionUtils", None)
+    return bool(getattr(fa, "is_installed", False) or getattr(fa, "v3_is_installed", False))
 
 
 class TEContextParallelAttention:
@@ -271,11 +337,7 @@ class TEContextParallelAttention:
         self.module = None
 
     def _build(self, heads: int, head_dim: int):
-        if heads % self.a2a_size:
-            raise ConfigError(
-                f"Transformer Engine cp_comm_type={self.cp_comm_type} needs num_heads % {self.a2a_size} == 0; "
-                f"got {heads} heads"
-            )
+        check_te_heads(heads, self.cp_comm_type, self.a2a_size, _te_flash_attn_installed())
         kwargs = dict(
             attn_mask_type="no_mask",
             qkv_format="bshd",
@@ -285,7 +347,8 @@ class TEContextParallelAttention:
             cp_comm_type=self.cp_comm_type,
         )
         kwargs.update(self.te_kwargs)
-        return self.te.DotProductAttention(heads, head_dim, **kwargs)
+        module = self.te.DotProductAttention(heads, head_dim, **kwargs)
+        return module.eval()  # inference: TE filters its backends by module mode (FlashAttention 3 for FP8)
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         b, l, h, d = q.shape
