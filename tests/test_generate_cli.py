@@ -374,7 +374,7 @@ def test_ctrl_c_stops_with_one_line(tmp_path, ckpt):
             proc.wait()
     assert proc.returncode == 3, err  # errors.EXIT_INTERRUPTED
     assert "Traceback" not in err and err.count("interrupted") == 1, err
-    finals = {p.name for p in out.iterdir() if ".tmp-" not in p.name}
+    finals = {p.name for p in out.iterdir() if not p.name.startswith(".")}  # hidden: temporaries, .shards (lease)
     done = set(sidecars(out))
     assert finals <= {f"{s}.mp4" for s in done} | {f"{s}.json" for s in done} | {f"s{i}.mp4" for i in range(6)} | {"manifest.jsonl"}
 

@@ -17,7 +17,7 @@ import pytest
 from cosmos_dist.errors import ConfigError
 from cosmos_dist.io.records import Manifest, read_manifest, write_json_atomic
 from cosmos_dist.io.safefiles import UnsafePathError, is_temp_name, temp_path_for
-from cosmos_dist.pipeline.preemption import ShardProgress, marker_path, write_shard_marker
+from cosmos_dist.pipeline.preemption import ShardProgress, check_run_files, marker_path, write_shard_marker
 from cosmos_dist.pipeline.work import check_output_dir
 
 REPO = Path(__file__).resolve().parent.parent
@@ -45,7 +45,8 @@ def test_planted_manifest_symlink_is_refused_and_its_target_untouched(tmp_path):
     with pytest.raises(UnsafePathError, match="manifest .*manifest.jsonl is a symlink"):
         Manifest(out / "manifest.jsonl", rank_info={}).done("a")
     with pytest.raises(ConfigError, match="manifest.jsonl is a symlink") as err:
-        check_output_dir(out)  # before any model loads
+        check_output_dir(out)  # before any model loads (WorldPipeline.prepare runs both checks)
+        check_run_files(out)
     assert "\n" not in str(err.value)
     assert victim.read_text() == "precious\n"
 
@@ -71,7 +72,7 @@ def test_write_probe_and_markers_never_follow_symlinks(tmp_path):
     with pytest.raises(UnsafePathError, match="marker folder"):
         write_shard_marker(out, progress)
     with pytest.raises(ConfigError, match="marker folder"):
-        check_output_dir(out)
+        check_run_files(out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "victim.txt"]
 
 

@@ -135,3 +135,69 @@ def test_second_generate_on_a_running_shard_refuses_before_loading(tmp_path):
     finally:
         holder.kill()
         holder.wait(10)
+
+
+def test_python_api_run_holds_the_lease_only_while_it_runs_and_calls_take_none(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    from cosmos_dist import Text2WorldPipeline
+
+    prompts, out = make_prompts(tmp_path, ["p"])
+    pipe = Text2WorldPipeline.from_pretrained("checkpoints", model="tiny_text2world", height=32, width=48,
+                                              num_frames=9, num_steps=2, progress=False,
+                                              prompts_file=str(prompts), output_dir=str(out))
+    lease = shard_lease_path(out, 0, 1)
+    assert pipe.run().done == ["p"]
+    assert pipe.lease is None and not lease.exists()  # given back when run() returns
+    assert pipe.run().skipped == ["p"]  # a second run in the same process is not refused by the first
+
+    holder = hold_in_subprocess(out, 0, 1)
+    try:
+        with pytest.raises(ShardBusy, match=f"already running .*pid {holder.pid}"):
+            pipe.run()
+        assert pipe.lease is None
+        # the API's calls keep results in memory and save() writes one sample: no lease, so no refusal
+        [video] = pipe("a cat", num_steps=2, seed=3)
+        mp4 = video.save(out)
+        assert mp4.is_file() and (out / f"{video.sample_id}.json").is_file()
+        assert read_lease(lease)["pid"] == holder.pid and read_lease(lease)["live"]  # the holder's lease untouched
+        assert not [p.name for p in out.iterdir() if ".tmp-" in p.name]
+    finally:
+        holder.kill()
+        holder.wait(10)
+
+
+def test_video2world_prompt_run_lease_is_named_by_its_sample_id_with_the_input(tmp_path):
+    """The same prompt on two images is two samples, so two leases; the same image again is refused."""
+    import numpy as np
+    from PIL import Image
+
+    from cosmos_dist.configure import compose_config
+    from cosmos_dist.pipeline.runtime import SingleProcess
+    from cosmos_dist.pipeline.video2world import Video2WorldPipeline
+
+    out = tmp_path / "out"
+    images = []
+    for i in range(2):
+        images.append(tmp_path / f"in{i}.png")
+        Image.fromarray(np.full((32, 48, 3), 40 * i, np.uint8)).save(images[-1])
+
+    def pipe(image):
+        cfg = compose_config(["model=tiny_video2world", f"checkpoint_dir={tmp_path / 'ckpt'}", f"output_dir={out}",
+                              "prompt=a cat", f"input_path={image}", "height=32", "width=48", "num_frames=9"])
+        return Video2WorldPipeline(cfg, SingleProcess())
+
+    first, second = pipe(images[0]), pipe(images[1])
+    try:
+        ids = []
+        for p in (first, second):
+            work, _ = p.prepare()
+            ids.append(work.items[0].sample_id)
+            assert p.lease.path == out / f".{ids[-1]}.lease" and read_lease(p.lease.path)["live"]
+        assert ids[0] != ids[1]
+        with pytest.raises(ShardBusy, match="already running"):
+            pipe(images[0]).prepare()
+    finally:
+        for p in (first, second):
+            if p.lease is not None:
+                p.lease.release()
+    assert not [p for p in out.iterdir() if p.name.endswith(".lease")]

@@ -197,11 +197,13 @@ class WorldPipeline:
         takes the lease of the run's shard (or `prompt=` sample) before any model file is made or read: a second
         copy of a running shard is refused with ShardBusy (exit 4) instead of making the same samples."""
         from cosmos_dist.pipeline.lease import claim_run
+        from cosmos_dist.pipeline.preemption import check_run_files
         from cosmos_dist.pipeline.work import check_output_dir
 
         work = self.collect_work()
         if self.runtime.is_replica_leader:
             check_output_dir(self.output_dir)
+            check_run_files(self.output_dir)  # a symlinked manifest or marker would lead outside the output tree
         if self.runtime.is_global_leader and self.lease is None:
             self.lease = claim_run(self.cfg, [it.sample_id for it in work.items])
         return work, self._assets()

@@ -7,9 +7,10 @@ live while it was touched within `stale_after_s` (recorded in the file, so reade
 setting) and, on the holder's own host, while the holder's process exists. A lease that is not live
 is taken over: renamed away (one contender wins the rename) and created anew.
 
-The Slurm scripts take the lease in the batch shell before the launcher starts (a busy shard ends
-the job with exit code 4 and one line) and pass its token to the ranks in `COSMOS_SHARD_LEASE`; a
-run started by hand takes it on its global leader before any model loads.
+A run takes the lease on its global leader before any model file is made or loaded
+(`WorldPipeline.prepare`; `run` gives it back when it ends). A launcher may take it first instead
+(`claim` / `hold` / `release` below) and pass its token to the ranks in `COSMOS_SHARD_LEASE`, so the
+ranks find it theirs; the Slurm scripts do not, and leave it to the global leader.
 """
 from __future__ import annotations
 

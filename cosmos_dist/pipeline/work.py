@@ -57,11 +57,9 @@ def is_done(output_dir: Path, sample_id: str) -> bool:
 
 
 def check_output_dir(output_dir: Path) -> None:
-    """Fail before any model loads if we cannot write results, or if a file the run appends to or replaces
-    (manifest, shard markers) is a symlink that would lead outside the output tree."""
+    """Fail before any model loads if we cannot write results (the run files themselves are checked by
+    preemption.check_run_files)."""
     import tempfile
-
-    from cosmos_dist.pipeline.preemption import check_run_files
 
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -73,4 +71,3 @@ def check_output_dir(output_dir: Path) -> None:
         raise ConfigError(
             f"output_dir: cannot write to {output_dir} ({exc.strerror or exc}); choose a writable folder with output_dir=..."
         ) from None
-    check_run_files(output_dir)
