@@ -33,3 +33,6 @@ EXIT_USAGE = 2
 #: a lost or hung rank or a failed collective): nothing is recorded failed, a rerun continues; `cosmos-dist
 #: shard-status` exits with the same code while samples are pending
 EXIT_INTERRUPTED = 3
+#: refused before any model loaded: another live process holds the lease of this shard (or `prompt=` sample),
+#: so a second copy would make the same samples (pipeline/lease.py); nothing was written
+EXIT_SHARD_BUSY = 4

@@ -75,7 +75,8 @@ def use_sweep_folder(cfg) -> None:
 
 def run_cli(cfg) -> int:
     """Run one composed configuration; returns the exit code (cosmos_dist/errors.py): 0 everything done or
-    skipped, 1 some sample failed, 2 a configuration or input error, 3 stopped before the share was finished."""
+    skipped, 1 some sample failed, 2 a configuration or input error, 3 stopped before the share was finished,
+    4 the shard (or the `prompt=` sample) is being run by another live process (pipeline/lease.py)."""
     from cosmos_dist.cli_util import is_rank_zero
     from cosmos_dist.configure import check_config
 
@@ -98,7 +99,7 @@ def run_cli(cfg) -> int:
         return EXIT_USAGE
     except CosmosDistError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return getattr(exc, "exit_code", EXIT_USAGE)  # EXIT_SHARD_BUSY: the shard is running elsewhere
     finally:
         if runtime is not None:
             runtime.close()

@@ -234,8 +234,8 @@ def test_killed_run_leaves_no_partial_final_files(tmp_path, ckpt):
         check_video(out / f"{stem}.mp4")
     # An mp4 renamed in place whose sidecar was not yet written (the kill fell between the two) is not
     # done; the rerun makes it again. Nothing else may exist under a final name.
-    finals = {p.name for p in out.iterdir() if ".tmp-" not in p.name}
-    assert finals <= {f"{s}.mp4" for s in mp4s} | {f"{s}.json" for s in done} | {"manifest.jsonl", ".layout.json"}
+    finals = {p.name for p in out.iterdir() if not p.name.startswith(".")}  # hidden: temporaries, .shards (lease)
+    assert finals <= {f"{s}.mp4" for s in mp4s} | {f"{s}.json" for s in done} | {"manifest.jsonl"}
 
     rerun = generate(tmp_path, ckpt, f"prompts_file={prompts}", "output_dir=out")
     assert rerun.returncode == 0, rerun.stderr
@@ -387,7 +387,7 @@ def test_ctrl_c_stops_with_one_line(tmp_path, ckpt):
             proc.wait()
     assert proc.returncode == 3, err  # errors.EXIT_INTERRUPTED
     assert "Traceback" not in err and err.count("interrupted") == 1, err
-    finals = {p.name for p in out.iterdir() if ".tmp-" not in p.name}
+    finals = {p.name for p in out.iterdir() if not p.name.startswith(".")}  # hidden: temporaries, .shards (lease)
     done = set(sidecars(out))
     # finished samples, at most a renamed mp4 whose sidecar was not written yet, and the run's own files
     sample_files = finals - {"manifest.jsonl", ".layout.json"}

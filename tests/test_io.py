@@ -26,7 +26,7 @@ from cosmos_dist.io import (
     write_json_atomic,
     write_mp4_atomic,
 )
-from cosmos_dist.io.video import temp_path_for
+from cosmos_dist.io.safefiles import is_temp_name
 from cosmos_dist.io.prompts import read_prompts_file
 
 
@@ -129,8 +129,7 @@ def test_mp4_killed_writer_never_leaves_final_name(tmp_path):
     time.sleep(0.5)  # the orphaned ffmpeg sees EOF and finishes its (temporary) file
     assert not out.exists()
     leftovers = [p.name for p in tmp_path.iterdir() if p.name != "started"]
-    assert all(".tmp-" in name for name in leftovers)
-    assert temp_path_for(out).parent == out.parent
+    assert all(is_temp_name(name) for name in leftovers)
 
 
 # ---------------------------------------------------------------- JSON and sidecars

@@ -70,7 +70,7 @@ def test_states_and_the_resubmission_line(tmp_path, capsys):
         finish(out, sid)
     finish(out, shards[2].pending[0])
     # a writer killed mid-file leaves only a temporary name behind
-    (out / f"{shards[2].pending[1]}.mp4.tmp-1234.mp4").write_bytes(b"half")
+    (out / f".{shards[2].pending[1]}.mp4.tmp-1234-0a1b2c3d.mp4").write_bytes(b"half")
     write_json_atomic(
         marker_path(out, 2, n, "stopped"),
         {"kind": "stopped", "shard_index": 2, "num_shards": n, "time": "2030-01-01T00:00:00Z", "reason": "USR1",
@@ -98,7 +98,7 @@ def test_states_and_the_resubmission_line(tmp_path, capsys):
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert shlex.split(line)[:3] == ["sbatch", "--array=0-2%8", "--time=1:00:00"]
     assert shlex.split(line)[-1] == "model=14b_text2world"
-    assert not list(out.glob("*.tmp-*"))
+    assert not list(out.glob(".*.tmp-*"))
 
     report = json.loads(subprocess.run(
         [sys.executable, str(REPO / "tools" / "shard_status.py"), "--prompts-file", str(prompts), "--output-dir", str(out),

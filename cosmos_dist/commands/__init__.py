@@ -1,14 +1,15 @@
 """The subcommands of `cosmos-dist` other than `generate`: each module has `main(argv) -> exit code`.
 
 `run_command(name, argv)` runs one the way every entry point does (tools/NAME.py from a checkout, and the
-console command): a user error (CosmosDistError) is one `error:` line and exit code 2, never a traceback.
+console command): a user error (CosmosDistError) is one `error:` line and exit code 2 (4 for a busy shard),
+never a traceback.
 """
 from __future__ import annotations
 
 import importlib
 import sys
 
-from cosmos_dist.errors import CosmosDistError
+from cosmos_dist.errors import EXIT_USAGE, CosmosDistError
 
 #: subcommand -> module under cosmos_dist.commands
 COMMANDS = {
@@ -18,6 +19,8 @@ COMMANDS = {
     "make-checkpoint": "make_checkpoint",
     "download": "download_checkpoints",
     "dit-forward": "dit_forward",
+    "pack": "pack",
+    "manifest": "manifest",
 }
 
 
@@ -28,4 +31,4 @@ def run_command(module: str, argv: list[str] | None = None) -> int:
         return int(main(argv) or 0)
     except CosmosDistError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", EXIT_USAGE)  # ShardBusy: EXIT_SHARD_BUSY

@@ -7,8 +7,10 @@
 Per shard: done (sidecar exists), failed / blocked (no sidecar; the manifest's last word on the
 sample), pending (never tried, or interrupted), bad lines, and the shard's marker from
 `{output_dir}/.shards/` (done, or stopped with the next sample and why). A shard is unfinished
-while it has pending samples (with --retry-failed: or failed ones). The printed sbatch line passes
-the Hydra overrides given after `--`, else the ones recorded in the newest marker.
+while it has pending samples (with --retry-failed: or failed ones). A shard whose lease is live
+(a process is running it, pipeline/lease.py) is `running`: it is never offered for resubmission and
+--clean-temp leaves its temporary files alone. The printed sbatch line passes the Hydra overrides
+given after `--`, else the ones recorded in the newest marker.
 
 Exit status: 0; with --check, 3 while samples are pending, else 1 when samples failed (the codes of `generate`).
 """
@@ -26,12 +28,15 @@ from cosmos_dist.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_SAMPLES_FAILED, C
 from cosmos_dist.io.identity import generation_settings, settings_hash
 from cosmos_dist.io.paths import iter_sidecars
 from cosmos_dist.io.prompts import BadLine, read_prompts_file
+from cosmos_dist.io.safefiles import is_temp_name
+from cosmos_dist.pipeline.lease import describe_holder, read_lease, shard_lease_path
 from cosmos_dist.pipeline.preemption import (
     ShardProgress,
     classify,
     last_events,
     read_run_record,
     read_shard_markers,
+    marker_dir,
 )
 from cosmos_dist.pipeline.work import RUN_KEYS, compose_run_config, expand_prompt, shard_of
 
@@ -73,19 +78,89 @@ def collect(prompts_file: str, output_dir: str, num_shards: int, cfg=None) -> li
     return shards
 
 
+_FINAL_SUFFIXES = (".latent.pt", ".mp4", ".json")
+
+
 def temp_leftovers(output_dir: str) -> list[Path]:
-    """Files a killed writer left under a temporary name (never under a final one)."""
+    """Files left under a temporary name (`.{final name}.tmp-...`, cosmos_dist/io/safefiles.py) anywhere in the
+    tree: by a killed writer, or by one still writing (see `removable_temps`)."""
     out = Path(output_dir)
-    if not out.is_dir():
-        return []
-    return sorted(p for p in out.iterdir() if ".tmp-" in p.name and p.is_file())
+    found: list[Path] = []
+    stack = [out, marker_dir(out)]
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            continue
+        for e in entries:
+            if is_temp_name(e.name) and e.is_file(follow_symlinks=False):
+                found.append(Path(e.path))
+            elif not e.name.startswith(".") and e.is_dir(follow_symlinks=False):
+                stack.append(Path(e.path))
+    return sorted(found)
 
 
-def unfinished(shards: list[ShardProgress], retry_failed: bool) -> list[int]:
-    return [s.shard_index for s in shards if s.pending or (retry_failed and s.failed)]
+def temp_sample_id(path: Path) -> str | None:
+    """The sample a temporary belongs to: `.p-abc.mp4.tmp-12-9f3a.mp4` -> `p-abc`; None when unknown."""
+    final = path.name[1:].split(".tmp-", 1)[0]
+    for suffix in _FINAL_SUFFIXES:
+        if final.endswith(suffix):
+            return final[: -len(suffix)]
+    return None
 
 
-def shard_state(s: ShardProgress) -> str:
+def removable_temps(temps: list[Path], running: set[int], num_shards: int, live_samples: set[str]) -> list[Path]:
+    """The temporaries --clean-temp may delete: none of a running shard's samples or of a sample whose
+    `prompt=` run is live, and no marker temporary while any shard runs."""
+    out = []
+    for t in temps:
+        if t.parent.name == ".shards" and running:
+            continue
+        sid = temp_sample_id(t)
+        if sid is not None and (sid in live_samples or shard_of(sid, num_shards) in running):
+            continue
+        out.append(t)
+    return out
+
+
+def live_prompt_runs(output_dir: str) -> set[str]:
+    """Sample ids of the `prompt=` runs (no prompts file) that hold a live lease."""
+    d = Path(output_dir)
+    return {p.name[1:-len(".lease")] for p in (d.glob(".*.lease") if d.is_dir() else ())
+            if (read_lease(p) or {}).get("live")}
+
+
+def running_shards(output_dir: str, num_shards: int) -> dict[int, dict]:
+    """shard index -> its live lease record, for the shards some process is running now."""
+    d = marker_dir(output_dir)
+    found: dict[int, dict] = {}
+    if not d.is_dir():
+        return found
+    for i in range(num_shards) if num_shards <= 4096 else ():
+        rec = read_lease(shard_lease_path(output_dir, i, num_shards))
+        if rec and rec["live"]:
+            found[i] = rec
+    if num_shards > 4096:  # one listing instead of a stat per shard
+        from cosmos_dist.pipeline.preemption import shard_tag
+
+        by_tag = {shard_tag(i, num_shards): i for i in range(num_shards)}
+        for path in d.glob("shard-*.lease"):
+            i = by_tag.get(path.name[: -len(".lease")])
+            rec = read_lease(path) if i is not None else None
+            if rec and rec["live"]:
+                found[i] = rec
+    return found
+
+
+def unfinished(shards: list[ShardProgress], retry_failed: bool, running: set[int] | frozenset = frozenset()) -> list[int]:
+    return [s.shard_index for s in shards
+            if s.shard_index not in running and (s.pending or (retry_failed and s.failed))]
+
+
+def shard_state(s: ShardProgress, running: set[int] | frozenset = frozenset()) -> str:
+    if s.shard_index in running:
+        return "running"
     if s.pending:
         return "pending"
     if s.failed or s.bad_lines:
@@ -140,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--all", action="store_true", help="list finished shards too")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--clean-temp", action="store_true",
-                   help="delete files left under temporary names by killed writers (only while no job of this run is running)")
+                   help="delete files left under temporary names by killed writers (those of running shards are kept)")
     p.add_argument("--check", action="store_true",
                    help="exit 3 while samples are pending (as an interrupted run does), else 1 when samples failed, else 0")
     args = p.parse_args(argv)
@@ -166,21 +241,27 @@ def main(argv: list[str] | None = None) -> int:
         shards = collect(args.prompts_file, args.output_dir, args.num_shards, cfg)
     except CosmosDistError as exc:
         p.error(str(exc))
-    todo = unfinished(shards, args.retry_failed)
+    leases = running_shards(args.output_dir, args.num_shards)
+    running = set(leases)
+    todo = unfinished(shards, args.retry_failed, running)
     temps = temp_leftovers(args.output_dir)
+    removed: list[Path] = []
     if args.clean_temp:
-        for t in temps:
+        removed = removable_temps(temps, running, args.num_shards, live_prompt_runs(args.output_dir))
+        for t in removed:
             t.unlink(missing_ok=True)
     line = sbatch_line(args, todo, overrides) if todo else None
 
     if args.json:
         print(json.dumps({
-            "shards": [{"shard": s.shard_index, "state": shard_state(s), **s.counts(),
+            "shards": [{"shard": s.shard_index, "state": shard_state(s, running), **s.counts(),
                         "next_sample": s.pending[0] if s.pending else None,
-                        "marker": (markers.get(s.shard_index) or {}).get("kind")} for s in shards],
+                        "marker": (markers.get(s.shard_index) or {}).get("kind"),
+                        "lease": leases.get(s.shard_index)} for s in shards],
             "unfinished": todo,
-            "temp_files": [t.name for t in temps],
-            "temp_files_removed": bool(args.clean_temp),
+            "running": sorted(running),
+            "temp_files": [os.path.relpath(t, args.output_dir) for t in temps],
+            "temp_files_removed": [os.path.relpath(t, args.output_dir) for t in removed],
             "sbatch": line,
             "overrides_recorded": overrides_known,
         }, indent=1))
@@ -188,18 +269,25 @@ def main(argv: list[str] | None = None) -> int:
         totals = {k: sum(s.counts()[k] for s in shards) for k in ("total", "done", "failed", "blocked", "pending", "bad_lines")}
         print(f"{'shard':>6} {'state':<8} {'total':>6} {'done':>6} {'failed':>6} {'blocked':>7} {'pending':>7} {'badln':>5}  marker")
         for s in shards:
-            if not args.all and shard_state(s) == "done":
+            if not args.all and shard_state(s, running) == "done":
                 continue
             c = s.counts()
-            print(f"{s.shard_index:>6} {shard_state(s):<8} {c['total']:>6} {c['done']:>6} {c['failed']:>6} "
-                  f"{c['blocked']:>7} {c['pending']:>7} {c['bad_lines']:>5}  {marker_note(markers.get(s.shard_index))}")
-        states = [shard_state(s) for s in shards]
-        print(f"shards: {states.count('done')} done, {states.count('failed')} with failures, {states.count('pending')} pending "
+            note = (f"running ({describe_holder(leases[s.shard_index])})" if s.shard_index in running
+                    else marker_note(markers.get(s.shard_index)))
+            print(f"{s.shard_index:>6} {shard_state(s, running):<8} {c['total']:>6} {c['done']:>6} {c['failed']:>6} "
+                  f"{c['blocked']:>7} {c['pending']:>7} {c['bad_lines']:>5}  {note}")
+        states = [shard_state(s, running) for s in shards]
+        print(f"shards: {states.count('done')} done, {states.count('failed')} with failures, {states.count('pending')} pending, "
+              f"{states.count('running')} running "
               f"(of {len(shards)}); samples: {totals['done']}/{totals['total']} done, {totals['failed']} failed, "
               f"{totals['blocked']} blocked, {totals['pending']} pending, {totals['bad_lines']} bad lines")
         if temps:
-            verb = "removed" if args.clean_temp else "left by killed writers (--clean-temp removes them)"
-            print(f"{len(temps)} temporary file(s) {verb}")
+            if args.clean_temp:
+                kept = len(temps) - len(removed)
+                print(f"{len(removed)} temporary file(s) removed" + (f"; {kept} kept (of running shards)" if kept else ""))
+            else:
+                print(f"{len(temps)} temporary file(s) left by killed or running writers (--clean-temp removes "
+                      f"those of shards not running)")
         if line:
             if not overrides_known:
                 print("note: no shard marker or start record holds this run's Hydra overrides (a run not started "

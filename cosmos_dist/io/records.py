@@ -1,24 +1,34 @@
 """Sidecar JSON files and the run manifest.
 
-* `write_json_atomic`: temp file in the same directory + fsync + `os.replace` (+ directory fsync).
+* `write_json_atomic`: an exclusive, hidden temporary in the same directory (cosmos_dist/io/safefiles.py) + fsync
+  + `os.replace` (+ directory fsync); a failed write (a full disk) removes the temporary.
 * `build_sidecar`: the `{sample_id}.json` written next to each video (DESIGN.md section 5). A sample is done when
   its sidecar exists.
 * `Manifest`: `manifest.jsonl`, one JSON object per event (done / failed / skipped / blocked). Several processes
   (ranks, array tasks) may append to one file on one filesystem: each line is written with one `os.write` on an
-  `O_APPEND` descriptor while holding an exclusive `flock`.
+  `O_APPEND` descriptor while holding an exclusive `flock`. Where the filesystem has no `flock` (Lustre mounted
+  `noflock` answers ENOSYS) the line is appended without it: `O_APPEND` alone keeps whole lines whole there.
+  A line always starts on a fresh line (after a writer killed mid-line, the fragment is closed first), the
+  manifest is opened with `O_NOFOLLOW` (a symlink planted at its name is refused), and the reader skips a torn
+  line and still reads a record glued to one by an older writer.
 """
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import platform
 import socket
+import stat
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from cosmos_dist.io.video import fsync_dir
+from cosmos_dist.io.safefiles import UnsafePathError, write_all, write_bytes_atomic
+
+log = logging.getLogger("cosmos_dist")
 
 SIDECAR_SCHEMA = "cosmos-dist/sample/v1"
 STATUSES = ("done", "failed", "skipped", "blocked", "interrupted")  # interrupted: a lost rank; still pending
@@ -44,25 +54,11 @@ def _json_default(obj: Any):
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> Path:
-    """Write `obj` as JSON (UTF-8, trailing newline) to `path` through a temp file + fsync + `os.replace`."""
+    """Write `obj` as JSON (UTF-8, trailing newline) to `path` through an exclusive temporary + fsync + rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(obj, indent=indent, ensure_ascii=False, default=_json_default) + "\n"
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-        raise
-    fsync_dir(path.parent)
-    return path
+    return write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def runtime_versions() -> dict[str, str | None]:
@@ -228,22 +224,24 @@ class Manifest:
         return self.record("blocked", sample_id, reason=reason, **kw)
 
     def append_entry(self, entry: Mapping[str, Any]) -> None:
-        """Append one ready-made JSON line: O_APPEND descriptor, exclusive flock, one os.write of the whole line."""
-        import fcntl
-
+        """Append one ready-made JSON line: O_APPEND descriptor, exclusive flock where the filesystem has one,
+        one os.write of the whole line, preceded by a newline when the file's last line is torn."""
         data = (json.dumps(entry, ensure_ascii=False, default=_json_default) + "\n").encode("utf-8")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = open_manifest(self.path)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            locked = _lock(fd, self.path)
             try:
-                written = os.write(fd, data)
-                while written < len(data):  # regular files write in full; this only guards odd filesystems
-                    written += os.write(fd, data[written:])
+                if _ends_torn(fd):
+                    data = b"\n" + data
+                write_all(fd, data)
                 if self.fsync:
                     os.fsync(fd)
             finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
+                if locked:
+                    import fcntl
+
+                    fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
 
@@ -251,20 +249,125 @@ class Manifest:
         return iter(read_manifest(self.path))
 
 
+def open_manifest(path: str | os.PathLike) -> int:
+    """A read-write O_APPEND descriptor (read: the last byte) on the manifest, created if missing; a symlink or non-file there is refused."""
+    flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(os.fspath(path), flags, 0o644)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EMLINK) or os.path.islink(path):
+            raise UnsafePathError(
+                f"manifest {path} is a symlink; the run writes only inside its output folder: remove the link"
+            ) from None
+        if exc.errno == errno.ENXIO:  # a FIFO without a reader
+            raise UnsafePathError(f"manifest {path} is not a regular file; remove it") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UnsafePathError(f"manifest {path} is not a regular file; remove it")
+    return fd
+
+
+# Filesystems without flock: remembered per process so the warning is said once.
+_NO_FLOCK_ERRNOS = {errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK, errno.EINVAL}
+_flock_unsupported: set[str] = set()
+
+
+def _lock(fd: int, path: Path) -> bool:
+    """Take an exclusive flock on `fd`; False (and go on without it) where the filesystem does not support flock."""
+    import fcntl
+
+    key = os.fspath(path.parent)
+    if key in _flock_unsupported:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return True
+    except OSError as exc:
+        if exc.errno not in _NO_FLOCK_ERRNOS:
+            raise
+        _flock_unsupported.add(key)
+        log.warning("%s: flock is not supported here (%s); appending manifest lines without it (O_APPEND keeps "
+                    "each line whole)", key, os.strerror(exc.errno))
+        return False
+
+
+def _ends_torn(fd: int) -> bool:
+    """True when the file is non-empty and its last byte is not a newline (a writer was killed mid-line)."""
+    size = os.fstat(fd).st_size
+    if size == 0:
+        return False
+    return os.pread(fd, 1, size - 1) != b"\n"
+
+
+def _parse_line(raw: bytes) -> dict | None:
+    try:
+        obj = json.loads(raw)
+    except ValueError:
+        obj = None
+    if isinstance(obj, dict):
+        return obj
+    # A record glued to a torn fragment by a writer that did not start on a fresh line: the record is the
+    # tail that starts at its first key.
+    cut = raw.rfind(b'{"time"')
+    if cut > 0:
+        try:
+            obj = json.loads(raw[cut:])
+        except ValueError:
+            return None
+        return obj if isinstance(obj, dict) else None
+    return None
+
+
 def read_manifest(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """All complete, valid lines of a manifest (a torn last line from a killed writer is ignored)."""
+    """Every readable record of a manifest, in file order; a torn line (a killed writer) is skipped."""
     p = Path(path)
     if not p.is_file():
         return []
     out = []
     with open(p, "rb") as f:
         for raw in f:
-            if not raw.endswith(b"\n"):
+            raw = raw.strip()
+            if not raw:
                 continue
-            try:
-                obj = json.loads(raw)
-            except ValueError:
-                continue
-            if isinstance(obj, dict):
+            obj = _parse_line(raw)
+            if obj is not None:
                 out.append(obj)
     return out
+
+
+# ---- the latest word per sample, over every manifest of a tree ------------------------------------
+def find_manifests(output_dir: str | os.PathLike) -> list[Path]:
+    """`manifest*.jsonl` at the top of the tree and in `.shards/` (where per-shard manifests would live)."""
+    out = Path(output_dir)
+    found = [p for d in (out, out / ".shards") if d.is_dir() for p in sorted(d.glob("manifest*.jsonl"))]
+    return [p for p in found if p.is_file() and not p.is_symlink()]
+
+
+def latest_by_sample(manifests: list[str | os.PathLike]) -> dict[str, dict[str, Any]]:
+    """sample id -> its latest event over `manifests` (by time, then file order), with `attempts` (events that
+    were not `skipped`) and `first_time`. A `skipped` event (the sample was already done) only counts when the
+    sample has no other event."""
+    events: list[tuple[str, int, dict]] = []
+    order = 0
+    for path in manifests:
+        for e in read_manifest(path):
+            if isinstance(e.get("sample_id"), str):
+                events.append((str(e.get("time", "")), order, e))
+                order += 1
+    events.sort(key=lambda t: (t[0], t[1]))
+    merged: dict[str, dict[str, Any]] = {}
+    for _, _, e in events:
+        sid = e["sample_id"]
+        prev = merged.get(sid)
+        row = {"sample_id": sid, "status": e.get("status"), "time": e.get("time"), "reason": e.get("reason"),
+               "line": e.get("line"), "host": e.get("host"),
+               "attempts": (prev or {}).get("attempts", 0), "first_time": (prev or {}).get("first_time", e.get("time"))}
+        if e.get("status") == "skipped":
+            if prev is None:
+                row["status"] = "done"  # skipped means: its sidecar existed
+                merged[sid] = row
+            continue
+        row["attempts"] += 1
+        merged[sid] = row
+    return merged

@@ -1,8 +1,9 @@
 """mp4 writing and reading through imageio-ffmpeg (which honours the IMAGEIO_FFMPEG_EXE environment variable).
 
-`write_mp4_atomic` encodes to `{path}.tmp-<pid>.mp4` in the same directory, checks the result, fsyncs it and
-renames it over `path`: a writer that is killed, or whose frame source raises, never leaves a file under the
-final name.
+`write_mp4_atomic` reserves a hidden, unique temporary `.{name}.tmp-<pid>-<random>.mp4` in the same directory
+(exclusive create, cosmos_dist/io/safefiles.py), lets ffmpeg encode into it, checks the result, fsyncs it and
+renames it over `path`: a writer that is killed, or whose frame source raises, or whose disk fills, never
+leaves a file under the final name, and removes its temporary unless it was killed.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from cosmos_dist.errors import InputError
+from cosmos_dist.io.safefiles import create_temp, fsync_dir, unlink_quietly  # noqa: F401 (fsync_dir: re-export)
 
 # The reference saves with imageio quality=5, which imageio-ffmpeg turns into `-crf 25` ((1 - 5/10) * 51 -> 25).
 # Our default is x264's own default, crf 23 (slightly higher quality); pass crf=25 to match the reference.
@@ -23,25 +25,6 @@ DEFAULT_CRF = 23
 DEFAULT_PRESET = "medium"
 #: x264 encoder threads, fixed (see write_mp4_atomic): x264 is deterministic for a given thread count only.
 X264_THREADS = 4
-
-
-def temp_path_for(path: str | os.PathLike) -> Path:
-    """The temporary file `write_mp4_atomic` writes before renaming: `{path}.tmp-<pid>.mp4`."""
-    return Path(f"{os.fspath(path)}.tmp-{os.getpid()}.mp4")
-
-
-def fsync_dir(directory: str | os.PathLike) -> None:
-    """fsync a directory so a rename in it is durable (no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(os.fspath(directory), os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def fsync_file(path: str | os.PathLike) -> None:
@@ -114,24 +97,29 @@ def write_mp4_atomic(
         fps_arg = int(fps_arg)  # imageio-ffmpeg asserts float/int/Fraction; keep ints as ints
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path_for(path)
+    tmp, fd = create_temp(path, ".mp4")  # reserved by us: nothing planted at the name is ever followed
+    os.close(fd)
     # x264's output depends on its thread count, which it otherwise picks from the CPUs this process may use
     # (affinity, cgroup): a fixed count makes a sample's file byte-identical on every layout and machine.
     output_params = ["-crf", str(crf), "-preset", preset, "-threads", str(X264_THREADS),
                      "-movflags", "+faststart", "-f", "mp4"]
     output_params += list(extra_output_params or [])
-    writer = imageio_ffmpeg.write_frames(
-        str(tmp),
-        out_size,
-        pix_fmt_in="rgb24",
-        pix_fmt_out="yuv420p",
-        fps=fps_arg,
-        quality=None,  # we pass -crf ourselves
-        codec="libx264",
-        macro_block_size=1,  # never let imageio-ffmpeg rescale; odd sizes are handled above
-        ffmpeg_log_level=ffmpeg_log_level,
-        output_params=output_params,
-    )
+    try:
+        writer = imageio_ffmpeg.write_frames(
+            str(tmp),
+            out_size,
+            pix_fmt_in="rgb24",
+            pix_fmt_out="yuv420p",
+            fps=fps_arg,
+            quality=None,  # we pass -crf ourselves
+            codec="libx264",
+            macro_block_size=1,  # never let imageio-ffmpeg rescale; odd sizes are handled above
+            ffmpeg_log_level=ffmpeg_log_level,
+            output_params=output_params,
+        )
+    except BaseException:
+        unlink_quietly(tmp)
+        raise
     count = 0
     ok = False
     try:
@@ -154,11 +142,10 @@ def write_mp4_atomic(
         ok = True
     finally:
         if not ok:
-            writer.close()
             try:
-                tmp.unlink()
-            except FileNotFoundError:
-                pass
+                writer.close()
+            finally:
+                unlink_quietly(tmp)
     return count
 
 

@@ -80,6 +80,7 @@ class WorldPipeline:
         self.components = components  # None until load()
         # The seam for step-level work (pipeline/step_hooks.py): step caching (cache=teacache|fbcache) or none.
         self.step_hook: StepHook = make_step_hook(cfg.get("cache"))
+        self.lease = None  # the run's shard lease while `run` holds it (pipeline/lease.py)
 
     # ---- building ----------------------------------------------------------------------------------
     @classmethod
@@ -193,15 +194,28 @@ class WorldPipeline:
                               frames=s.frames, latent=s.latent, reason=s.reason)
 
     # ---- the command line: a prompts file or one prompt, into output_dir ---------------------------------
-    def prepare(self):
-        """Everything that can fail because of the user's input, before a model is loaded."""
-        from cosmos_dist.pipeline.work import check_output_dir, collect_work
+    def collect_work(self):
+        """This run's samples (pipeline/work.py: prompts expanded by seed, under ids that include the settings and,
+        for Video2World, the input)."""
+        from cosmos_dist.pipeline.work import collect_work
 
+        return collect_work(self.cfg)
+
+    def prepare(self):
+        """Everything that can fail because of the user's input, before a model is loaded. The global leader
+        takes the lease of the run's shard (or `prompt=` sample) before any model file is made or read: a second
+        copy of a running shard is refused with ShardBusy (exit 4) instead of making the same samples."""
+        from cosmos_dist.pipeline.lease import claim_run
+        from cosmos_dist.pipeline.preemption import check_run_files
+        from cosmos_dist.pipeline.work import check_output_dir
         from cosmos_dist.pipeline.work_checks import screen_work
 
-        work = collect_work(self.cfg)
+        work = self.collect_work()
         if self.runtime.is_replica_leader:
             check_output_dir(self.output_dir)
+            check_run_files(self.output_dir)  # a symlinked manifest or marker would lead outside the output tree
+        if self.runtime.is_global_leader and self.lease is None:
+            self.lease = claim_run(self.cfg, [it.sample_id for it in work.items])
         assets = self._assets()
         # Fail fast: prompt lengths (the T5 tokenizer files only), Video2World inputs (their content hash joins
         # the sample's identity), finished samples whose sidecar records another identity.
@@ -210,6 +224,17 @@ class WorldPipeline:
         return work, assets
 
     def run(self) -> RunSummary:
+        """A prompts file's shard (or one `prompt=`) into output_dir: files, manifest, markers. The lease taken
+        in `prepare` is released when the run ends, however it ends (the Python API's calls take none: they
+        keep results in memory, and `GeneratedVideo.save` writes one sample's files atomically)."""
+        try:
+            return self._run()
+        finally:
+            if self.lease is not None:
+                self.lease.release()
+                self.lease = None
+
+    def _run(self) -> RunSummary:
         from cosmos_dist.io.records import Manifest
         from cosmos_dist.pipeline.preemption import StopFlag, finish_shard
         from cosmos_dist.pipeline.work import is_done

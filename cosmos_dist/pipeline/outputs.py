@@ -1,9 +1,9 @@
 """A finished sample's record and files: the sidecar's content, and the atomic writes (mp4 and latent under
-temporary names, renamed; the sidecar last, since its existence marks the sample done)."""
+hidden temporary names created exclusively, never through a planted symlink, and removed when a write fails
+(cosmos_dist/io/safefiles.py); renamed; the sidecar last, since its existence marks the sample done)."""
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Optional
@@ -70,13 +70,10 @@ def write_sample_files(output_dir: Path, sample_id: str, frames: np.ndarray, sid
     write_mp4_atomic(mp4, frames, fps=fps, crf=crf, preset=preset)
     files = {"video": mp4.name}
     if latent is not None:
+        from cosmos_dist.io.safefiles import save_atomic
+
         lat = paths.latent
-        tmp = paths.temp(lat)
-        try:
-            torch.save(latent.cpu(), tmp)
-            os.replace(tmp, lat)
-        finally:
-            tmp.unlink(missing_ok=True)  # a failed save leaves no temporary file behind
+        save_atomic(lat, lambda f: torch.save(latent.cpu(), f))  # exclusive hidden temporary, removed on failure
         files["latent"] = lat.name
     if timings is not None:
         timings["write_s"] = time.perf_counter() - t0

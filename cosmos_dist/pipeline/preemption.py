@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from cosmos_dist.errors import CosmosDistError
+
 log = logging.getLogger("cosmos_dist")
 
 MARKER_DIR = ".shards"
@@ -217,18 +219,18 @@ def last_events(manifest_path: str | os.PathLike) -> dict[str, str]:
     return last
 
 
-def sidecar_ids(output_dir: str | os.PathLike) -> set[str]:
-    """Ids of every sample with a sidecar, from one directory listing (cheap for a million files)."""
-    ids: set[str] = set()
-    try:
-        with os.scandir(output_dir) as it:
-            for entry in it:
-                name = entry.name
-                if name.endswith(".json") and not name.startswith(".") and ".tmp-" not in name:
-                    ids.add(name[: -len(".json")])
-    except FileNotFoundError:
-        pass
-    return ids
+def check_run_files(output_dir: str | os.PathLike) -> None:
+    """Refuse (UnsafePathError, one line naming it) a manifest, `.shards` folder or marker that is a symlink."""
+    from cosmos_dist.io.safefiles import refuse_symlink, refuse_symlinked_dir
+
+    out = Path(output_dir)
+    refuse_symlink(out / "manifest.jsonl", "manifest")
+    d = marker_dir(out)
+    refuse_symlinked_dir(d, "shard marker folder")
+    if d.is_dir():
+        for path in d.iterdir():
+            if path.name.endswith(".json") or path.name.endswith(".lease"):
+                refuse_symlink(path, "shard marker")
 
 
 def classify(progress: ShardProgress, items: Iterable, done_ids, events: Mapping[str, str]) -> ShardProgress:
@@ -320,6 +322,7 @@ def write_shard_marker(
     if overrides is not None:
         record["overrides"] = list(overrides)
     path = marker_path(output_dir, progress.shard_index, progress.num_shards, kind)
+    _check_marker(path)
     write_json_atomic(path, record)
     other = marker_path(output_dir, progress.shard_index, progress.num_shards, "stopped" if kind == "done" else "done")
     try:
@@ -327,6 +330,13 @@ def write_shard_marker(
     except FileNotFoundError:
         pass
     return path
+
+
+def _check_marker(path: Path) -> None:
+    from cosmos_dist.io.safefiles import refuse_symlink, refuse_symlinked_dir
+
+    refuse_symlinked_dir(path.parent, "shard marker folder")
+    refuse_symlink(path, "shard marker")
 
 
 def run_record_path(output_dir, num_shards: int) -> Path:
@@ -339,6 +349,7 @@ def write_run_record(output_dir, num_shards: int, overrides: list[str]) -> Path:
     from cosmos_dist.io.records import utc_now, write_json_atomic
 
     path = run_record_path(output_dir, num_shards)
+    _check_marker(path)
     write_json_atomic(path, {"schema": MARKER_SCHEMA, "kind": "started", "num_shards": num_shards,
                              "overrides": list(overrides), "time": utc_now(), "host": socket.gethostname(),
                              "slurm": slurm_job_info()})
@@ -364,6 +375,8 @@ def read_shard_markers(output_dir, num_shards: int) -> dict[int, dict]:
     if not d.is_dir():
         return found
     for path in d.glob("shard-*-of-*.json"):
+        if path.is_symlink():
+            continue
         try:
             rec = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -407,13 +420,23 @@ def _main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "started":
-        print(f"recorded the run's overrides -> {write_run_record(args.output_dir, args.num_shards, args.overrides)}")
+        try:
+            path = write_run_record(args.output_dir, args.num_shards, args.overrides)
+        except CosmosDistError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"recorded the run's overrides -> {path}")
         return 0
-    progress = shard_progress(args.prompts_file, args.output_dir, args.num_shards, args.shard_index, args.overrides)
-    path = write_shard_marker(
-        args.output_dir, progress, reason=args.reason or None, prompts_file=args.prompts_file,
-        overrides=args.overrides, exit_code=args.exit_code,
-    )
+    try:
+        progress = shard_progress(args.prompts_file, args.output_dir, args.num_shards, args.shard_index,
+                                  args.overrides)
+        path = write_shard_marker(
+            args.output_dir, progress, reason=args.reason or None, prompts_file=args.prompts_file,
+            overrides=args.overrides, exit_code=args.exit_code,
+        )
+    except CosmosDistError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     c = progress.counts()
     nxt = f", next {progress.pending[0]}" if progress.pending else ""
     print(

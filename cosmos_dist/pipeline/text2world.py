@@ -5,7 +5,6 @@ Its whole run order is WorldPipeline's (pipeline/base.py); Text2World has no con
 from __future__ import annotations
 
 from cosmos_dist.pipeline.base import WorldPipeline
-from cosmos_dist.pipeline.results import RunSummary  # noqa: F401  (re-exported: the CLI's summary type)
 
 
 class Text2WorldPipeline(WorldPipeline):

@@ -167,12 +167,16 @@ def is_done(output_dir: Path, item, layout: str = "flat") -> bool:
 
 
 def check_output_dir(output_dir: Path) -> None:
-    """Fail before any model loads if we cannot write results."""
+    """Fail before any model loads if we cannot write results (the run files themselves are checked by
+    preemption.check_run_files)."""
+    import tempfile
+
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
-        probe = output_dir / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        # mkstemp: a fresh random name opened O_CREAT|O_EXCL|O_NOFOLLOW, so a planted symlink is never written through
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=output_dir)
+        os.close(fd)
+        os.unlink(probe)
     except OSError as exc:
         raise ConfigError(
             f"output_dir: cannot write to {output_dir} ({exc.strerror or exc}); choose a writable folder with output_dir=..."

@@ -149,12 +149,81 @@ _SCRIPTED: dict[tuple, bytes] = {}
 def _scripted_bytes(key: tuple, build) -> bytes:
     if key not in _SCRIPTED:
         buf = io.BytesIO()
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _sorted_script_sets():
             # TorchScript is deprecated in recent torch, but it is the format of the released tokenizer files.
             warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*torch.jit")
             torch.jit.save(torch.jit.script(build()), buf)
-        _SCRIPTED[key] = buf.getvalue()
+        _SCRIPTED[key] = stable_torchscript_bytes(buf.getvalue())
     return _SCRIPTED[key]
+
+
+class _SortedIterSet(set):
+    """A set that iterates in sorted order (by str): the scripter's constant order then no longer depends on
+    the process's string-hash seed (PYTHONHASHSEED)."""
+
+    def __iter__(self):
+        return iter(sorted(set.__iter__(self), key=str))
+
+
+class _sorted_script_sets:
+    """While scripting, torch.jit._recursive builds `set`s of constant names and emits them in iteration order."""
+
+    def __enter__(self):
+        import torch.jit._recursive as rec
+
+        self._mod, self._had = rec, "set" in vars(rec)
+        self._old = vars(rec).get("set")
+        rec.set = _SortedIterSet
+        return self
+
+    def __exit__(self, *exc):
+        if self._had:
+            self._mod.set = self._old
+        else:
+            del self._mod.set
+
+
+def stable_torchscript_bytes(data: bytes) -> bytes:
+    """A TorchScript zip with its random `.data/serialization_id` replaced by one derived from the rest of the
+    archive, so the same module gives the same bytes on every run (the id only tags the save; loading ignores it).
+    The entry is stored uncompressed at a fixed length: its bytes and the two CRC fields are patched in place."""
+    import hashlib
+    import struct
+    import zipfile
+    import zlib
+
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        info = next((i for i in zf.infolist() if i.filename.endswith(".data/serialization_id")), None)
+        if info is None or info.compress_type != zipfile.ZIP_STORED:
+            return data
+        old_id = zf.read(info)
+    buf = bytearray(data)
+    name = info.filename.encode("utf-8")
+    # local header: signature, ..., crc at +14, name length at +26, extra length at +28, then name, extra, data
+    off = info.header_offset
+    name_len, extra_len = struct.unpack_from("<HH", buf, off + 26)
+    start = off + 30 + name_len + extra_len
+    if bytes(buf[start:start + len(old_id)]) != old_id:
+        return data
+    central, cd = -1, buf.find(b"PK\x01\x02")  # the central directory entry of the same name: crc at +16
+    while cd >= 0:
+        n_len = struct.unpack_from("<H", buf, cd + 28)[0]
+        if buf[cd + 46:cd + 46 + n_len] == name:
+            central = cd
+            break
+        cd = buf.find(b"PK\x01\x02", cd + 4)
+    if central < 0:
+        return data
+    # the new id: a hash of the archive without the id and its two CRC fields (so applying this twice is a no-op)
+    for crc_at in (off + 14, central + 16):
+        struct.pack_into("<I", buf, crc_at, 0)
+    buf[start:start + len(old_id)] = b"0" * len(old_id)
+    new_id = str(int(hashlib.sha256(bytes(buf)).hexdigest(), 16))[: len(old_id)].rjust(len(old_id), "0").encode()
+    buf[start:start + len(old_id)] = new_id
+    crc = zlib.crc32(new_id) & 0xFFFFFFFF
+    for crc_at in (off + 14, central + 16):
+        struct.pack_into("<I", buf, crc_at, crc)
+    return bytes(buf)
 
 
 def write_tiny_tokenizer(
