@@ -12,6 +12,7 @@ import pytest
 
 from cosmos_dist.commands import manifest as manifest_cmd
 from cosmos_dist.commands import pack as pack_cmd
+from cosmos_dist.io.paths import record_layout, recorded_layout, sample_paths
 from cosmos_dist.io.records import Manifest, build_sidecar, write_json_atomic
 from cosmos_dist.io.video import write_mp4_atomic
 
@@ -20,8 +21,10 @@ wds = pytest.importorskip("webdataset")
 pq = pytest.importorskip("pyarrow.parquet")
 
 
-def finish_sample(out: Path, sid: str, folder: str = "", seed: int = 1, shade: int = 0) -> bytes:
-    d = out / folder
+def finish_sample(out: Path, sid: str, seed: int = 1, shade: int = 0) -> bytes:
+    """A finished sample where the tree's recorded layout puts it (flat where none is recorded)."""
+    d = sample_paths(out, sid, recorded_layout(out) or "flat").folder
+    folder = d.relative_to(out).as_posix() if d != out else ""
     d.mkdir(parents=True, exist_ok=True)
     frames = np.full((9, 32, 48, 3), shade, np.uint8)
     frames[:, : 4 + shade % 20] = 255 - shade
@@ -44,8 +47,9 @@ def read_tars(dest: Path) -> dict[str, dict]:
 def tree(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
+    record_layout(out, "sharded")  # every sample two hash-named folders down (io/paths.py)
     videos = {sid: finish_sample(out, sid, shade=10 * i) for i, sid in enumerate(["p-000000000001", "shot.v2", "c"])}
-    videos["deep-1"] = finish_sample(out, "deep-1", folder="ab/cd", shade=90)  # a sharded folder layout
+    videos["deep-1"] = finish_sample(out, "deep-1", shade=90)
     m = Manifest(out / "manifest.jsonl", rank_info={})
     m.failed("bad-1", "CUDA out of memory")
     m.failed("c", "first try failed")  # then done (above, earlier in time?) -- the sidecar decides
@@ -77,7 +81,8 @@ def test_pack_round_trip_through_webdataset_and_pyarrow(tree):
     assert rows["bad-1"]["status"] == "failed" and rows["bad-1"]["reason"] == "CUDA out of memory"
     assert rows["bad-1"]["shard"] is None and rows["blk"]["status"] == "blocked"
     deep = rows["deep-1"]
-    assert deep["status"] == "done" and deep["video"] == "ab/cd/deep-1.mp4" and deep["sidecar"] == "ab/cd/deep-1.json"
+    where = sample_paths(out, "deep-1", "sharded").folder.relative_to(out).as_posix()
+    assert deep["status"] == "done" and deep["video"] == f"{where}/deep-1.mp4" and deep["sidecar"] == f"{where}/deep-1.json"
     assert deep["prompt"] == "prompt of deep-1" and deep["seed"] == 1 and deep["sample_seed"] == 7
     assert (deep["num_steps"], deep["guidance"], deep["height"], deep["width"], deep["num_frames"]) == (2, 7.0, 32, 48, 9)
     assert deep["total_s"] == 1.5 and json.loads(deep["settings"])["model"] == {"preset": "tiny_text2world"}
@@ -117,7 +122,7 @@ def test_manifest_command_merges_latest_status(tree, tmp_path, capsys):
     rows = manifest_cmd.merged_status(out)
     assert rows["bad-1"]["status"] == "failed" and rows["bad-1"]["attempts"] == 2
     assert rows["bad-1"]["reason"] == "second try: still out of memory"
-    assert rows["c"]["status"] == "done" and rows["deep-1"]["sidecar"] == "ab/cd/deep-1.json"
+    assert rows["c"]["status"] == "done" and rows["deep-1"]["sidecar"].endswith("/deep-1.json")
     assert "other" not in rows and "writing" not in rows
     target = tmp_path / "status.parquet"
     r = subprocess.run([sys.executable, "-m", "cosmos_dist.commands.manifest", "--output-dir", str(out),

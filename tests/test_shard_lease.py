@@ -51,8 +51,12 @@ def test_running_shard_is_not_resubmitted_and_its_temporaries_are_kept(tmp_path)
     ids = ["a.tmp-1", "b", "c", "d"]  # a legal id containing .tmp-
     prompts, out = make_prompts(tmp_path, ids)
     # the legal id is finished: its files must count as done and survive --clean-temp
-    (out / "a.tmp-1.mp4").write_bytes(b"video")
-    write_json_atomic(out / "a.tmp-1.json", {"sample_id": "a.tmp-1"})
+    from cosmos_dist.pipeline.work import collect_work, compose_run_config
+
+    first = collect_work(compose_run_config([], str(prompts), str(out), 1)).items[0].sample_id
+    assert first.startswith("a.tmp-1_")
+    (out / f"{first}.mp4").write_bytes(b"video")
+    write_json_atomic(out / f"{first}.json", {"sample_id": first})
     holder = hold_in_subprocess(out, 0, 1)
     try:
         (out / ".b.mp4.tmp-999-00000000.mp4").write_bytes(b"being written")
@@ -75,7 +79,7 @@ def test_running_shard_is_not_resubmitted_and_its_temporaries_are_kept(tmp_path)
         report = status_json(prompts, out, 1, "--clean-temp")
         assert report["running"] == [] and report["unfinished"] == [0]
         assert report["temp_files_removed"] == [".b.mp4.tmp-999-00000000.mp4"]
-        assert (out / "a.tmp-1.mp4").exists() and (out / "a.tmp-1.json").exists()
+        assert (out / f"{first}.mp4").exists() and (out / f"{first}.json").exists()
         assert report["shards"][0]["pending"] == 3
     finally:
         if holder.poll() is None:
@@ -146,9 +150,10 @@ def test_python_api_run_holds_the_lease_only_while_it_runs_and_calls_take_none(t
                                               num_frames=9, num_steps=2, progress=False,
                                               prompts_file=str(prompts), output_dir=str(out))
     lease = shard_lease_path(out, 0, 1)
-    assert pipe.run().done == ["p"]
+    [done] = pipe.run().done
+    assert done.startswith("p_s")  # prompt id p, its seed and settings
     assert pipe.lease is None and not lease.exists()  # given back when run() returns
-    assert pipe.run().skipped == ["p"]  # a second run in the same process is not refused by the first
+    assert pipe.run().skipped == [done]  # a second run in the same process is not refused by the first
 
     holder = hold_in_subprocess(out, 0, 1)
     try:
