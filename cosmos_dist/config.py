@@ -192,6 +192,9 @@ class UpsamplerConfig:
 class VideoConfig:
     crf: int = 23  # x264 constant rate factor; the reference's quality=5 is crf 25
     preset: str = "medium"
+    # Finished samples waiting for the background writer (mp4 encode, latent, sidecar) while the GPU samples the
+    # next one; each holds its decoded frames (~330 MB at 121 x 704 x 1280). 0 writes inline (pipeline/writer.py).
+    write_queue: int = 2
 
 
 @dataclass
@@ -416,6 +419,8 @@ def validate_config(cfg: Any, *, needs_prompt: bool = True) -> None:
         bad("device", f"{cfg.device!r}; choose {one_of(choices.DEVICES)}")
     if str(cfg.get("log_level", "info")).lower() not in choices.LOG_LEVELS:
         bad("log_level", f"{cfg.log_level!r}; choose {one_of(choices.LOG_LEVELS)}")
+    if not 0 <= cfg.video.write_queue <= 64:
+        bad("video.write_queue", f"{cfg.video.write_queue} must be in 0..64 (0 writes each video inline; 2 is the default)")
     if not 0 <= cfg.video.crf <= 51:
         bad("video.crf", f"{cfg.video.crf} must be in 0..51 (lower is better quality; 23 is x264's default)")
     validate_samples_and_layout(cfg, bad)

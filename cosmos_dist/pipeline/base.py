@@ -62,6 +62,7 @@ class Job:
     on_step: Optional[Callable[[str, int, int, Any], None]] = None  # (sample_id, step, total, latent)
     stop: Any = None  # pipeline.preemption.StopFlag (CLI)
     stopped: bool = False
+    writer: Any = None  # pipeline.writer.SampleWriter (CLI): files written in the background
 
 
 class WorldPipeline:
@@ -216,11 +217,13 @@ class WorldPipeline:
             check_run_files(self.output_dir)  # a symlinked manifest or marker would lead outside the output tree
         if self.runtime.is_global_leader and self.lease is None:
             self.lease = claim_run(self.cfg, [it.sample_id for it in work.items])
-        assets = self._assets()
+        # A pipeline built on models already in memory (`components=`) has no model files to check.
+        assets = self._assets() if self.components is None else None
         # Fail fast: prompt lengths (the T5 tokenizer files only), Video2World inputs (their content hash joins
         # the sample's identity), finished samples whose sidecar records another identity.
         input_of = (lambda item: self.input_spec(self.cfg, item)) if self.kind == "video2world" else None
-        screen_work(work, self.cfg, assets.text_encoder, output_dir=self.output_dir, input_of=input_of)
+        screen_work(work, self.cfg, assets.text_encoder if assets is not None else None, output_dir=self.output_dir,
+                    input_of=input_of)
         return work, assets
 
     def run(self) -> RunSummary:
@@ -267,14 +270,19 @@ class WorldPipeline:
         job.stop = StopFlag.install()  # before loading: a warning signal then still stops cleanly
         self.load(assets)
         from cosmos_dist.pipeline.progress import progress_bar
+        from cosmos_dist.pipeline.writer import SampleWriter
 
         bar = progress_bar(len(pending), "samples", self.cfg.progress and rt.is_global_leader)
         chunk = self.components.residency.chunk_size()
-        for start in range(0, len(pending), chunk):
-            samples = self._process_chunk(job, pending[start : start + chunk])
-            bar.update(sum(s.status in ("done", "failed", "blocked") for s in samples))
-            if job.stopped:
-                break
+        job.writer = SampleWriter(int(self.cfg.video.write_queue) if rt.is_replica_leader else 0)
+        try:
+            for start in range(0, len(pending), chunk):
+                samples = self._process_chunk(job, pending[start : start + chunk])
+                bar.update(sum(s.status in ("done", "writing", "failed", "blocked") for s in samples))
+                if job.stopped:
+                    break
+        finally:  # also when the job ends on an error: the samples already sampled are still written
+            self._record_writes(job, job.writer.close())
         bar.close()
         if rt.is_global_leader:
             finish_shard(self.cfg, work, summary.stopped_by)
@@ -297,7 +305,22 @@ class WorldPipeline:
         for s in samples:
             if s.status == "done":
                 job.summary.done.append(s.sample_id)
+        if job.writer is not None:
+            self._record_writes(job, job.writer.finished())
         return samples
+
+    def _record_writes(self, job: Job, results) -> None:
+        """Written samples are `done` (manifest line, summary); a failed write is the sample's failure."""
+        for r in results:
+            s = r.sample
+            if r.error is not None:
+                self._fail(job, s, r.error, collective=False)
+                continue
+            s.status = "done"
+            job.manifest.append(status="done", sample_id=s.sample_id, line=s.item.line_number, reason=None,
+                                path=s.records["sidecar"]["path"], prompt_id=s.item.prompt_id)
+            job.summary.done.append(s.sample_id)
+            log.info("wrote %s (+ %s.json) in %.1f s", r.path, s.sample_id, s.timings["total_s"])
 
     # ---- bookkeeping ------------------------------------------------------------------------------------
     def _fail(self, job: Job, s: Sample, exc: BaseException | str, *, collective: bool = True) -> None:
@@ -524,13 +547,14 @@ class WorldPipeline:
                 continue
             try:
                 self._finish(job, s)
-                s.status = "done"
+                s.status = "writing" if job.writer is not None else "done"
             except Exception as exc:
                 self._fail(job, s, exc, collective=False)
                 s.frames = s.latent = None
 
     def _finish(self, job: Job, s: Sample) -> None:
-        """The sidecar record; with an output folder (CLI) the files and the manifest line too."""
+        """The sidecar record; with an output folder (CLI) the files go to the writer (pipeline/writer.py), which
+        writes them in the background; `_record_writes` adds the manifest line once they are written."""
         from cosmos_dist.pipeline.outputs import sidecar_record, write_sample_files
 
         cfg = job.cfg
@@ -541,13 +565,15 @@ class WorldPipeline:
             s.timings["total_s"] = time.perf_counter() - s.t_start
             sidecar["timings_s"] = {k: round(float(v), 4) for k, v in s.timings.items()}
             return
-        mp4 = write_sample_files(job.output_dir, s.sample_id, s.frames, sidecar, fps=cfg.fps, crf=cfg.video.crf,
-                                 preset=cfg.video.preset, latent=s.latent if cfg.save_latents else None,
-                                 timings=s.timings, t_start=s.t_start, layout=job.output_layout)
-        job.manifest.append(status="done", sample_id=s.sample_id, line=s.item.line_number, reason=None,
-                            path=sidecar["path"], prompt_id=s.item.prompt_id)
-        log.info("wrote %s (+ %s.json) in %.1f s", mp4, s.sample_id, s.timings["total_s"])
-        s.frames = s.latent = None  # written: do not hold a chunk's videos in memory
+        frames, latent = s.frames, s.latent if cfg.save_latents else None
+        s.frames = s.latent = None  # the writer holds them until they are written, the sample no longer
+
+        def write():
+            return write_sample_files(job.output_dir, s.sample_id, frames, sidecar, fps=cfg.fps, crf=cfg.video.crf,
+                                      preset=cfg.video.preset, latent=latent, timings=s.timings, t_start=s.t_start,
+                                      layout=job.output_layout)
+
+        job.writer.submit(s, write)
 
     def sidecar_extra(self, s: Sample) -> dict:
         """The sidecar's `extra` beside the config: guardrails (settings + this sample's checks), upsampler,
