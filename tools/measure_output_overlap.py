@@ -107,6 +107,7 @@ def main(argv=None) -> int:
     from cosmos_dist.configure import compose_config
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="overlap-"))
+    work.mkdir(parents=True, exist_ok=True)
     cfg = compose_config([*overrides, f"output_dir={work / 'warmup'}", "prompt=warm-up"])
     comps, tok_what = build_components(cfg, args, device)
     lines = [{"id": f"clip{i}", "prompt": f"A camera pans across scene number {i}."} for i in range(args.samples)]
