@@ -129,7 +129,6 @@ class CosmosDiT(nn.Module):
         the stack or reuse an earlier residual; see cosmos_dist/pipeline/step_hooks.py)."""
         dtype = self.dtype
         b = tokens.shape[0]
-        x = self.x_embedder.proj[1](tokens.to(dtype))
         rope, extra = positions if positions is not None else self.position_tables(grid, fps, token_range)
 
         t = timesteps.reshape(-1).to(dtype)
@@ -140,7 +139,10 @@ class CosmosDiT(nn.Module):
         context = crossattn_emb.to(dtype)
 
         stack = BlockStack(self, emb, adaln_lora, context, rope, extra, self_attention, cross_attention)
-        x = stack.run(x) if block_hook is None else block_hook(x, stack)
+        # The blocks' input is handed over without a name kept here, so the plain loop frees it after block 0:
+        # one (B, n, hidden) activation less at the peak (0.9 GB for 7B with batched guidance).
+        x = (stack.run(self.x_embedder.proj[1](tokens.to(dtype))) if block_hook is None
+             else block_hook(self.x_embedder.proj[1](tokens.to(dtype)), stack))
         out = self.final_layer(x, emb, adaln_lora)
         return self._to_canonical(out)
 

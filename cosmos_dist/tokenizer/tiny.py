@@ -153,7 +153,7 @@ def _scripted_bytes(key: tuple, build) -> bytes:
             # TorchScript is deprecated in recent torch, but it is the format of the released tokenizer files.
             warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*torch.jit")
             torch.jit.save(torch.jit.script(build()), buf)
-        _SCRIPTED[key] = stable_torchscript_bytes(buf.getvalue())
+        _SCRIPTED[key] = stable_torchscript_bytes(without_debug_info(buf.getvalue()))
     return _SCRIPTED[key]
 
 
@@ -181,6 +181,22 @@ class _sorted_script_sets:
             self._mod.set = self._old
         else:
             del self._mod.set
+
+
+def without_debug_info(data: bytes) -> bytes:
+    """A TorchScript zip without its `.debug_pkl` entries. Those hold the source lines of each scripted method with
+    the absolute path of the file they came from, so the same module saved from two checkouts differed; loading
+    does not need them (an error inside the module then names no Python source line). The other entries keep
+    their order and content, stored uncompressed with a fixed timestamp."""
+    import zipfile
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(data)) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as dst:
+        for info in src.infolist():
+            if info.filename.endswith(".debug_pkl"):
+                continue
+            dst.writestr(zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0)), src.read(info))
+    return out.getvalue()
 
 
 def stable_torchscript_bytes(data: bytes) -> bytes:
