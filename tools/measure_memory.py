@@ -100,14 +100,16 @@ class Meter:
 
 # ---- the pipeline, with its stage methods measured -------------------------------------------------------------------
 def measured_pipeline(kind: str):
-    """Text2WorldPipeline / Video2WorldPipeline with each stage method run under a Meter (set `meter` on the
-    instance). `samples`: the samples it processed; `failed_at`: sample id -> the stage that failed it;
-    `raised_in`: the stage an out-of-memory error escaped from, if one did."""
+    """Text2WorldPipeline / Video2WorldPipeline with each stage method run under `meter`. `samples`: the samples
+    it processed; `failed_at`: sample id -> the stage that failed it; `raised_in`: the stage an out-of-memory
+    error escaped from, if one did."""
     from cosmos_dist.pipeline.text2world import Text2WorldPipeline
     from cosmos_dist.pipeline.video2world import Video2WorldPipeline
 
     class Measured(Video2WorldPipeline if kind == "v2w" else Text2WorldPipeline):
-        meter: Meter
+        def __init__(self, cfg, components, meter: Meter):
+            super().__init__(cfg, components=components)
+            self.meter, self.samples, self.failed_at, self.raised_in = meter, [], {}, None
 
         def _measure(self, name, stage, job, samples) -> None:
             if name == STAGES[0]:
@@ -160,8 +162,8 @@ def base_overrides(args, kind: str, device) -> list[str]:
            f"offload.dit_stream={str(not args.no_dit_stream).lower()}",
            f"precision.tokenizer_decode_chunk={args.decode_chunk}",
            f"precision.tokenizer_encode_chunk={args.encode_chunk}"]
-    if args.precision == "fp8":
-        out.append("precision=fp8")
+    if args.precision == "fp8":  # build_dit converted the blocks with the cublas FP8 linear: the plan says the same
+        out += ["precision=fp8", "precision.fp8_linear_kernel=cublas"]
     if not args.no_upsampler:
         out += ["upsampler.enabled=true", "upsampler.model_dir=in-memory-stand-in",
                 f"upsampler.max_new_tokens={args.upsampler_tokens}"]
@@ -228,8 +230,7 @@ def measure_level(level, m, store, args, kind, device, overrides, workdir: Path,
         resident = torch.cuda.memory_allocated(device) / GIB if device.type == "cuda" else None
         load_s = time.perf_counter() - t0
         phase = "sample"
-        pipe = measured_pipeline(kind)(cfg, components=comps)
-        pipe.meter, pipe.samples, pipe.failed_at, pipe.raised_in = meter, [], {}, None
+        pipe = measured_pipeline(kind)(cfg, comps, meter)
         t1 = time.perf_counter()
         if write:  # the command line's path (a `prompt=` run): prepare, the stages, mp4 + sidecar + manifest
             pipe.run()
