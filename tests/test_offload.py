@@ -186,19 +186,29 @@ def test_failure_in_one_sample_does_not_stop_the_chunk(ckpt, tmp_path, monkeypat
     assert sidecar["extra"]["offload"]["offloaded"] == ["text_encoder", "tokenizer", "dit"]
 
 
-def test_measure_memory_tool_runs_tiny_on_the_cpu(tmp_path):
-    """tools/measure_memory.py (item 2's GPU table) in its tiny CPU mode: every level, both kinds, JSON out."""
+def _measure_memory_tool():
     import importlib.util
-    import json
 
     from pipeline_helpers import REPO
 
     spec = importlib.util.spec_from_file_location("measure_memory", REPO / "tools" / "measure_memory.py")
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
+    return tool
+
+
+TINY_MEASURE = ["--tiny", "--steps", "1", "--guard-prompt-tokens", "16", "--upsampler-tokens", "2"]
+
+
+def test_measure_memory_tool_runs_tiny_on_the_cpu(tmp_path):
+    """tools/measure_memory.py (item 2's GPU table) in its tiny CPU mode: every level, both kinds, JSON out; each
+    sample is the pipeline's own run (its stage methods measured, its sidecar's timings, its mp4 and manifest)."""
+    import json
+    from pathlib import Path
+
+    tool = _measure_memory_tool()
     out = tmp_path / "m.json"
-    assert tool.main(["--tiny", "--kinds", "t2w,v2w", "--levels", "none,text_encoder,dit", "--steps", "1",
-                      "--guard-prompt-tokens", "16", "--upsampler-tokens", "2", "--encode-chunk", "1",
+    assert tool.main([*TINY_MEASURE, "--kinds", "t2w,v2w", "--levels", "none,text_encoder,dit", "--encode-chunk", "1",
                       "--write-video", str(tmp_path / "videos"), "--output", str(out)]) == 0
     rep = json.loads(out.read_text())
     assert rep["tokenizer_encode_chunk"] == 1 and "encode 1 latent frames' worth per chunk" in rep["tokenizer"]
@@ -208,11 +218,66 @@ def test_measure_memory_tool_runs_tiny_on_the_cpu(tmp_path):
         assert levels["none"]["offloaded"] == [] and not levels["none"]["oom"]
         assert sorted(levels["dit"]["offloaded"]) == ["dit", "guardrails", "text_encoder", "tokenizer", "upsampler"]
         assert levels["dit"]["streamed_bytes"] > 0  # the DiT streamed block by block
-        stages = set(levels["dit"]["stages"])
-        assert {"guardrail_text", "upsampler", "text_encode", "dit_sampling", "decode", "guardrail_video"} <= stages
-        assert ("condition_encode" in stages) == (kind == "v2w")
-        assert "write_mp4" in stages and (tmp_path / "videos" / f"{kind}.mp4").stat().st_size > 0
+        for level, r in levels.items():
+            assert list(r["stages"]) == ["text_stage", "condition_stage", "sampling_stage", "output_stage"]
+            # the pipeline's own clocks, from the sample's sidecar: every stage ran inside its stage methods
+            timings = r["timings_s"]
+            assert {"guardrail_text_s", "upsample_s", "text_encode_s", "sampling_s", "decode_s", "guardrail_video_s",
+                    "write_s", "total_s"} <= set(timings)
+            assert ("condition_encode_s" in timings) == (kind == "v2w")
+            video = Path(r["video"])
+            assert video.parent == tmp_path / "videos" / f"{kind}-{level}" and video.stat().st_size > 0
+            sidecar = json.loads(video.with_suffix(".json").read_text())
+            assert sidecar["extra"]["offload"]["level"] == level
+            assert sidecar["extra"]["guardrail"]["checks"]["text"] == ["prompt: passed", "upsampled prompt: passed"]
+            assert sidecar["extra"]["upsampler"]["upsampled"] is True
+            assert json.loads((video.parent / "manifest.jsonl").read_text().splitlines()[-1])["status"] == "done"
     assert tool.CARD_GB[("14b", "t2w")]["dit"] == 39.0
+
+
+def test_measure_memory_tool_reports_where_a_level_ran_out_of_memory(tmp_path, monkeypatch):
+    """An out-of-memory error is reported with its stage, whether the pipeline recorded it as the sample's failure
+    (T5, the face stand-in) or it escaped the stage (a model moving in); the next level is measured afresh."""
+    import json
+
+    import torch
+
+    from cosmos_dist.pipeline.residency import Residency
+
+    tool = _measure_memory_tool()
+    raise_in = {}
+
+    def oom_when(what):
+        def fail(*args, **kwargs):
+            raise torch.OutOfMemoryError(f"CUDA out of memory (simulated in {what})")
+        return fail
+
+    real_encode, real_blur, real_move_in = (tool.StandInText.encode_one, tool.StandInGuardrail.blur_faces,
+                                            Residency._move_in)
+    monkeypatch.setattr(tool.StandInText, "encode_one",
+                        lambda self, p: (oom_when("T5") if raise_in.get("level") == "none" else real_encode)(self, p))
+    monkeypatch.setattr(tool.StandInGuardrail, "blur_faces", lambda self, f: (
+        oom_when("face") if raise_in.get("level") == "upsampler" else real_blur)(self, f))
+    monkeypatch.setattr(Residency, "_move_in", lambda self, comp, skip=None: (
+        oom_when("move") if self.level == "dit" and comp.name == "dit" else real_move_in)(self, comp, skip))
+    real_measure = tool.measure_level
+
+    def measure(level, *args, **kwargs):
+        raise_in["level"] = level
+        return real_measure(level, *args, **kwargs)
+
+    monkeypatch.setattr(tool, "measure_level", measure)
+    out = tmp_path / "m.json"
+    assert tool.main([*TINY_MEASURE, "--kinds", "t2w", "--levels", "none,upsampler,tokenizer,dit",
+                      "--output", str(out)]) == 0
+    levels = json.loads(out.read_text())["kinds"]["t2w"]["levels"]
+    assert levels["none"]["oom"] and levels["none"]["oom_at"] == "text_stage (T5)"
+    assert "simulated in T5" in levels["none"]["error"]
+    assert levels["upsampler"]["oom_at"] == "output_stage (video guardrail)"
+    assert list(levels["upsampler"]["stages"]) == ["text_stage", "condition_stage", "sampling_stage", "output_stage"]
+    assert levels["dit"]["oom"] and levels["dit"]["oom_at"] == "sampling_stage"  # raised by the move, not recorded
+    assert not levels["tokenizer"]["oom"] and "write_s" not in levels["tokenizer"]["timings_s"]  # the API: no files
+    assert levels["tokenizer"]["seconds_added_vs_tokenizer"] == 0
 
 
 @pytest.mark.slow

@@ -44,7 +44,7 @@ class RandomText:
 
 
 def build_components(cfg, args, device):
-    from measure_memory import build_dit, build_tokenizer  # tools/measure_memory.py: the same stand-ins
+    from memory_standins import build_dit, build_tokenizer  # the stand-ins of tools/measure_memory.py
 
     from cosmos_dist.models import get_preset
     from cosmos_dist.pipeline.components import Components, Tokenizer
