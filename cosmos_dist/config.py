@@ -258,6 +258,9 @@ class GenerateConfig:
     save_latents: bool = False
     device: str = "auto"  # auto | cpu | cuda
     progress: bool = True
+    # In a log that is not a terminal (Slurm): seconds between two progress lines of a sample (step, sigma,
+    # elapsed, ETA); the last step always logs one. 0 logs every step.
+    progress_every_s: float = 30.0
     # info: one line per stage and sample; debug: also the libraries' own start-up notes (megatron-core's
     # banners), which are silenced otherwise; warning / error: less.
     log_level: str = "info"
@@ -419,6 +422,8 @@ def validate_config(cfg: Any, *, needs_prompt: bool = True) -> None:
         bad("device", f"{cfg.device!r}; choose {one_of(choices.DEVICES)}")
     if str(cfg.get("log_level", "info")).lower() not in choices.LOG_LEVELS:
         bad("log_level", f"{cfg.log_level!r}; choose {one_of(choices.LOG_LEVELS)}")
+    if not float(cfg.progress_every_s) >= 0:
+        bad("progress_every_s", f"{cfg.progress_every_s} must be >= 0 (seconds between progress lines; 0 = every step)")
     if not 0 <= cfg.video.write_queue <= 64:
         bad("video.write_queue", f"{cfg.video.write_queue} must be in 0..64 (0 writes each video inline; 2 is the default)")
     if not 0 <= cfg.video.crf <= 51:

@@ -418,3 +418,14 @@ def test_torchrun_configuration_error_is_printed_once(tmp_path):
     assert proc.stderr.count("error: num_step: not a configuration key") == 1, proc.stderr
     proc = _torchrun(tmp_path, 2, str(GENERATE), "model=tiny_text2world", "prompt=x", "num_frames=10")
     assert proc.stderr.count("error: num_frames:") == 1, proc.stderr
+
+
+def test_redirected_log_has_progress_lines_and_no_bars(tmp_path, ckpt):
+    """A log that is not a terminal (every Slurm job) gets one line per `progress_every_s` (here every step) with
+    step, sigma, elapsed and ETA, and no tqdm escape codes."""
+    proc = generate(tmp_path, ckpt, "model=tiny_text2world", "num_steps=4", "prompt=a slow pan over hills",
+                    "output_dir=out", "progress=true", "progress_every_s=0", fast=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ": step " in ln and "ETA" in ln]
+    assert [ln.split(": step ")[1].split()[0] for ln in lines] == ["1/4", "2/4", "3/4", "4/4"], proc.stderr[-2000:]
+    assert "sigma" in lines[0] and "elapsed" in lines[0] and "\r" not in proc.stderr and "\x1b[" not in proc.stderr

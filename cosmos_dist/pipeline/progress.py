@@ -2,7 +2,7 @@
 
 A bar in a log file is escape-code noise, and a silent log is minutes without a sign of life per 7B video. So on
 a terminal the global leader shows bars (samples, and steps within a sample); elsewhere it logs one line per
-sample every `progress_every_s` seconds (and at the last step): step, sigma, elapsed, ETA.
+sample every `progress_every_s` seconds (a config key, default 30; and at the last step): step, sigma, elapsed, ETA.
 """
 from __future__ import annotations
 
@@ -42,14 +42,14 @@ class StepReporter:
     and the API caller's `callback(sample_id, step, total, latent)` on every rank that has one."""
 
     def __init__(self, sample_id: str, cfg, is_global_leader: bool, callback: Optional[Callable] = None,
-                 every_s: float = PROGRESS_EVERY_S):
+                 every_s: Optional[float] = None):
         from cosmos_dist.pipeline.denoiser import sampler_settings
 
         self.sample_id = sample_id
         self.callback = callback
         self.report = bool(cfg.progress) and is_global_leader
         self.sigmas = sampler_settings(cfg).sigmas().tolist()
-        self.every_s = every_s
+        self.every_s = float(cfg.get("progress_every_s", PROGRESS_EVERY_S)) if every_s is None else every_s
         self.t0 = self.last = time.perf_counter()
         self.bar = progress_bar(len(self.sigmas) - 1, "steps", self.report, leave=False) if self.report else _NoBar()
         self.log_lines = self.report and not on_terminal()
