@@ -136,6 +136,15 @@ def test_second_generate_on_a_running_shard_refuses_before_loading(tmp_path):
         assert len(errors) == 1 and "shard-0000-of-0001" in errors[0] and "already running" in errors[0]
         assert not (tmp_path / "ckpt").exists()  # refused before any model file was made or loaded
         assert sorted(p.name for p in out.iterdir()) == [".shards"]
+        # under torchrun the refusing rank leaves with the same code (the launcher reports each rank's)
+        r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                            str(REPO / "generate.py"), "model=tiny_text2world", "height=32", "width=48",
+                            "num_frames=9", "num_steps=2", "progress=false", f"checkpoint_dir={tmp_path / 'ckpt'}",
+                            f"prompts_file={prompts}", f"output_dir={out}", "parallel.cp_size=2",
+                            "parallel.timeout_s=60"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=180)
+        assert r.returncode != 0 and f"exitcode  : {EXIT_SHARD_BUSY}" in r.stderr, r.stderr[-3000:]
+        assert "already running" in r.stderr and not (tmp_path / "ckpt").exists()
     finally:
         holder.kill()
         holder.wait(10)

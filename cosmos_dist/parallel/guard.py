@@ -326,6 +326,8 @@ def run_guarded(
         if isinstance(exc, KeyboardInterrupt):
             fail(exc, layout, EXIT_INTERRUPTED)
         code = exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else exit_code
+        if isinstance(getattr(exc, "exit_code", None), int):  # an error with its own code (ShardBusy: 4)
+            code = exc.exit_code
         fail(exc, layout, code, _linger(rank, poll_s), poll_s)
     finally:
         if watchdog is not None:
