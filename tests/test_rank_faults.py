@@ -168,10 +168,13 @@ def test_killed_rank_leaves_its_sample_pending_and_resubmission_makes_it(tmp_pat
     events = _manifest(tmp_path / "out")
     # line 1 was sampled and is written (the background writer finishes it while the job ends: its `done` line
     # may come after line 2's `interrupted`); line 2 stays pending
+    # (or, when the job's ending kills its encoder first, `interrupted` too: pending, never failed)
     by_line = {e["line"]: e for e in events}
-    assert len(events) == 2 and by_line[1]["status"] == "done" and by_line[2]["status"] == "interrupted", events
+    assert len(events) == 2 and by_line[2]["status"] == "interrupted", events
+    assert by_line[1]["status"] in ("done", "interrupted"), events
     progress = shard_progress(prompts, tmp_path / "out", 1, 0, [*SMALL, *common])  # the run's settings name its samples
-    assert not progress.finished and progress.pending == [by_line[2]["sample_id"]] and not progress.failed
+    not_done = [by_line[n]["sample_id"] for n in (1, 2) if by_line[n]["status"] != "done"]
+    assert not progress.finished and progress.pending == not_done and not progress.failed
     again = _torchrun(tmp_path, *common)
     assert again.returncode == 0, again.out[-4000:]
     assert shard_progress(prompts, tmp_path / "out", 1, 0, [*SMALL, *common]).finished

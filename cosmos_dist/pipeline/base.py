@@ -281,8 +281,12 @@ class WorldPipeline:
                 bar.update(sum(s.status in ("done", "writing", "failed", "blocked") for s in samples))
                 if job.stopped:
                     break
-        finally:  # also when the job ends on an error: the samples already sampled are still written
-            self._record_writes(job, job.writer.close())
+        except BaseException:
+            # The job is ending (a lost rank, a signal): the samples already sampled are still written, and a
+            # write cut short by the ending (its encoder killed with the job) leaves its sample pending.
+            self._record_writes(job, job.writer.close(), job_ending=True)
+            raise
+        self._record_writes(job, job.writer.close())
         bar.close()
         if rt.is_global_leader:
             finish_shard(self.cfg, work, summary.stopped_by)
@@ -309,10 +313,16 @@ class WorldPipeline:
             self._record_writes(job, job.writer.finished())
         return samples
 
-    def _record_writes(self, job: Job, results) -> None:
-        """Written samples are `done` (manifest line, summary); a failed write is the sample's failure."""
+    def _record_writes(self, job: Job, results, job_ending: bool = False) -> None:
+        """Written samples are `done` (manifest line, summary); a failed write is the sample's failure, except
+        while the job is ending: then it is recorded `interrupted` and stays pending for the resubmission."""
         for r in results:
             s = r.sample
+            if r.error is not None and job_ending:
+                log.warning("sample %s was not written before the job ended: %s", s.sample_id, _reason(r.error))
+                job.manifest.append(status="interrupted", sample_id=s.sample_id, line=s.item.line_number,
+                                    reason=f"the job ended while its files were written: {_reason(r.error)}")
+                continue
             if r.error is not None:
                 self._fail(job, s, r.error, collective=False)
                 continue
