@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from cosmos_dist.cli_util import is_rank_zero
+from cosmos_dist.cli_util import is_rank_zero, report_once
 from cosmos_dist.configure import PROG, check_override_keys, config_dir
 from cosmos_dist.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ConfigError
 
@@ -46,8 +46,7 @@ def generate(argv: Sequence[str], prog: str = f"{PROG} generate") -> int:
         conf = str(config_dir())
         check_override_keys(args.overrides or [], conf)
     except ConfigError as exc:
-        if is_rank_zero():
-            print(f"error: {exc}", file=sys.stderr)
+        report_once(f"error: {exc}")
         return EXIT_USAGE
     register_configs()
     state = {"code": EXIT_OK, "entered": False}
@@ -69,6 +68,8 @@ def generate(argv: Sequence[str], prog: str = f"{PROG} generate") -> int:
     except SystemExit as exc:
         if not state["entered"]:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            if code != 0 and not is_rank_zero():
+                report_once("")  # rank 0 prints Hydra's report; give it time to
             return EXIT_OK if code == 0 else EXIT_USAGE
         raise
     finally:

@@ -77,7 +77,7 @@ def run_cli(cfg) -> int:
     """Run one composed configuration; returns the exit code (cosmos_dist/errors.py): 0 everything done or
     skipped, 1 some sample failed, 2 a configuration or input error, 3 stopped before the share was finished,
     4 the shard (or the `prompt=` sample) is being run by another live process (pipeline/lease.py)."""
-    from cosmos_dist.cli_util import is_rank_zero
+    from cosmos_dist.cli_util import is_rank_zero, report_once
     from cosmos_dist.configure import check_config
 
     setup_logging(is_rank_zero(), cfg.get("log_level", "info"))
@@ -94,8 +94,7 @@ def run_cli(cfg) -> int:
         summary = runtime.guarded(
             lambda: gather_summary(make_pipeline(cfg, runtime).run(), runtime.is_replica_leader))
     except ConfigError as exc:
-        if is_rank_zero():  # every rank has the same configuration, hence the same error: say it once
-            print(f"error: {exc}", file=sys.stderr)
+        report_once(f"error: {exc}")  # every rank has the same configuration, hence the same error: say it once
         return EXIT_USAGE
     except CosmosDistError as exc:
         print(f"error: {exc}", file=sys.stderr)

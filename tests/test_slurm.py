@@ -37,6 +37,15 @@ TINY = ["model=tiny_text2world", "num_steps=2", "progress=false"]
 
 
 # ---- helpers -------------------------------------------------------------------------------------
+def prompt_of(sample_id: str) -> str:
+    """The prompt id in a sample id `{prompt_id}_s{seed}_{settings}` (cosmos_dist/io/identity.py)."""
+    return sample_id.rsplit("_s", 1)[0]
+
+
+def sidecar_stems(out: Path) -> list[str]:
+    return sorted(p.stem for p in out.glob("*.json") if not p.name.startswith("."))
+
+
 def write_prompts(path: Path, n: int = 12) -> list[str]:
     ids = [f"clip-{i:02d}" for i in range(n)]
     with open(path, "w") as f:
@@ -76,7 +85,7 @@ def wait_for_first_sample(cluster: MiniSlurm, out: Path, ids: list[str], logs: P
     """Until one of `ids` is done; fails early when no job is left that could make it."""
     deadline = time.monotonic() + timeout
     while True:
-        done = [i for i in ids if (out / f"{i}.json").exists()]
+        done = [i for i in ids if any(out.glob(f"{i}_s*.json"))]
         if done:
             return done
         if time.monotonic() > deadline or not cluster.active_jobs():
@@ -90,9 +99,12 @@ def logs_text(folder: Path) -> str:
 
 def check_outputs(out: Path, ids: list[str], *, real_videos: bool) -> None:
     """Every sample exactly once: one mp4 + one sidecar under final names, one `done` line each."""
-    finals = sorted(p.name for p in out.iterdir() if p.is_file() and ".tmp-" not in p.name and p.name != "manifest.jsonl")
-    assert finals == sorted([f"{i}.json" for i in ids] + [f"{i}.mp4" for i in ids]), finals
-    for sid in ids:
+    finals = sorted(p.name for p in out.iterdir()
+                    if p.is_file() and not p.name.startswith(".") and p.name != "manifest.jsonl")
+    stems = sidecar_stems(out)
+    assert sorted(prompt_of(s) for s in stems) == sorted(ids), stems  # one sample per prompt
+    assert finals == sorted([f"{s}.json" for s in stems] + [f"{s}.mp4" for s in stems]), finals
+    for sid in stems:
         side = json.loads((out / f"{sid}.json").read_text())
         assert side["sample_id"] == sid
         if real_videos:
@@ -100,7 +112,7 @@ def check_outputs(out: Path, ids: list[str], *, real_videos: bool) -> None:
 
             info = probe_video(out / f"{sid}.mp4")
             assert (info.frames, info.width, info.height) == (17, 192, 128), (sid, info)
-    done = Counter(e["sample_id"] for e in read_manifest(out / "manifest.jsonl") if e["status"] == "done")
+    done = Counter(prompt_of(e["sample_id"]) for e in read_manifest(out / "manifest.jsonl") if e["status"] == "done")
     assert done == Counter({sid: 1 for sid in ids}), done
     for i in range(NUM_SHARDS):
         assert (out / ".shards" / f"shard-{i:04d}-of-{NUM_SHARDS:04d}.done.json").is_file()
@@ -221,8 +233,8 @@ def test_array_usr1_warning_requeues_and_resumes(cluster, tmp_path):
     assert any(j.get("Restarts") == "1" and j.get("JobState") == "COMPLETED" for j in jobs.values()), (jobs, cluster.logs())
     assert (out / ".shards" / f"shard-{victim:04d}-of-0003.done.json").is_file()
     assert not marker.exists()
-    assert sorted(p.stem for p in out.glob("*.json")) == sorted(victim_ids)
-    done = Counter(e["sample_id"] for e in read_manifest(out / "manifest.jsonl") if e["status"] == "done")
+    assert sorted(prompt_of(s) for s in sidecar_stems(out)) == sorted(victim_ids)
+    done = Counter(prompt_of(e["sample_id"]) for e in read_manifest(out / "manifest.jsonl") if e["status"] == "done")
     assert done == Counter({sid: 1 for sid in victim_ids}), done
 
 
@@ -248,8 +260,8 @@ def test_multinode_script_rendezvous_and_requeue(cluster, tmp_path):
     assert "rendezvous 127.0.0.1:" in log and "requeueing" in log and "(restart 1)" in log, log + cluster.logs()
     jobs = cluster.jobs()
     assert [(j.get("JobState"), j.get("Restarts")) for j in jobs] == [("COMPLETED", "1")], (jobs, cluster.logs())
-    assert sorted(p.stem for p in out.glob("*.json")) == sorted(ids)
-    done = Counter(e["sample_id"] for e in read_manifest(out / "manifest.jsonl") if e["status"] == "done")
+    assert sorted(prompt_of(s) for s in sidecar_stems(out)) == sorted(ids)
+    done = Counter(prompt_of(e["sample_id"]) for e in read_manifest(out / "manifest.jsonl") if e["status"] == "done")
     assert done == Counter({sid: 1 for sid in ids}), done
     assert (out / ".shards" / "shard-0000-of-0001.done.json").is_file()
 

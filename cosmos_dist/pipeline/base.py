@@ -314,8 +314,9 @@ class WorldPipeline:
         return samples
 
     def _record_writes(self, job: Job, results, job_ending: bool = False) -> None:
-        """Written samples are `done` (manifest line, summary); a failed write is the sample's failure, except
-        while the job is ending: then it is recorded `interrupted` and stays pending for the resubmission."""
+        """Written samples are `done` (summary; the writer added the manifest line); a failed write is the
+        sample's failure, except while the job is ending: then it is recorded `interrupted` and stays pending for
+        the resubmission."""
         for r in results:
             s = r.sample
             if r.error is not None and job_ending:
@@ -326,9 +327,7 @@ class WorldPipeline:
             if r.error is not None:
                 self._fail(job, s, r.error, collective=False)
                 continue
-            s.status = "done"
-            job.manifest.append(status="done", sample_id=s.sample_id, line=s.item.line_number, reason=None,
-                                path=s.records["sidecar"]["path"], prompt_id=s.item.prompt_id)
+            s.status = "done"  # its manifest line was written with its files
             job.summary.done.append(s.sample_id)
             log.info("wrote %s (+ %s.json) in %.1f s", r.path, s.sample_id, s.timings["total_s"])
 
@@ -579,9 +578,14 @@ class WorldPipeline:
         s.frames = s.latent = None  # the writer holds them until they are written, the sample no longer
 
         def write():
-            return write_sample_files(job.output_dir, s.sample_id, frames, sidecar, fps=cfg.fps, crf=cfg.video.crf,
-                                      preset=cfg.video.preset, latent=latent, timings=s.timings, t_start=s.t_start,
-                                      layout=job.output_layout)
+            mp4 = write_sample_files(job.output_dir, s.sample_id, frames, sidecar, fps=cfg.fps, crf=cfg.video.crf,
+                                     preset=cfg.video.preset, latent=latent, timings=s.timings, t_start=s.t_start,
+                                     layout=job.output_layout)
+            # The done line right after the sidecar, from the writer's thread (one locked append of a whole line):
+            # waiting for the pipeline's thread would leave a written sample without it if the job is killed.
+            job.manifest.append(status="done", sample_id=s.sample_id, line=s.item.line_number, reason=None,
+                                path=sidecar["path"], prompt_id=s.item.prompt_id)
+            return mp4
 
         job.writer.submit(s, write)
 

@@ -7,9 +7,10 @@ One worker thread, a bounded queue: `submit` blocks while `depth` writes are alr
 
 The writes keep their guarantees because the worker only calls `outputs.write_sample_files` (hidden temporaries,
 renames, the sidecar last): a killed process leaves nothing under a final name, and the sample is made again
-by the next run. The manifest and the run summary are touched only by the pipeline's own thread: it collects
-finished writes with `finished()` (between samples) and `drain()` (before the run ends), and records each as
-`done`, or as `failed` with the writer's error.
+by the next run. The `done` manifest line is appended by the write itself, right after the sidecar (a locked
+append of one whole line), so a job killed later never leaves a written sample without it. The run summary and
+the failures are the pipeline's own thread's: it collects finished writes with `finished()` (between samples)
+and `drain()` (before the run ends), and records each as done, or as `failed` with the writer's error.
 """
 from __future__ import annotations
 
