@@ -54,22 +54,15 @@ def create_temp(path: str | os.PathLike, suffix: str = "") -> tuple[Path, int]:
 
 def refuse_symlink(path: str | os.PathLike, what: str) -> None:
     """Raise UnsafePathError when `path` exists as a symlink or as something other than a regular file."""
-    p = Path(path)
-    try:
-        st = os.lstat(p)
-    except FileNotFoundError:
-        return
-    if stat.S_ISLNK(st.st_mode):
-        raise UnsafePathError(
-            f"{what} {p} is a symlink (to {os.readlink(p)}); the run writes only inside its output folder: "
-            f"remove the link or choose another output_dir"
-        )
-    if not stat.S_ISREG(st.st_mode):
-        raise UnsafePathError(f"{what} {p} is not a regular file; remove it or choose another output_dir")
+    _refuse_link_or_other(path, what, stat.S_ISREG, "a regular file")
 
 
 def refuse_symlinked_dir(path: str | os.PathLike, what: str) -> None:
     """Raise UnsafePathError when the folder `path` exists as a symlink or a non-folder."""
+    _refuse_link_or_other(path, what, stat.S_ISDIR, "a folder")
+
+
+def _refuse_link_or_other(path: str | os.PathLike, what: str, is_expected, expected: str) -> None:
     p = Path(path)
     try:
         st = os.lstat(p)
@@ -80,8 +73,8 @@ def refuse_symlinked_dir(path: str | os.PathLike, what: str) -> None:
             f"{what} {p} is a symlink (to {os.readlink(p)}); the run writes only inside its output folder: "
             f"remove the link or choose another output_dir"
         )
-    if not stat.S_ISDIR(st.st_mode):
-        raise UnsafePathError(f"{what} {p} is not a folder; remove it or choose another output_dir")
+    if not is_expected(st.st_mode):
+        raise UnsafePathError(f"{what} {p} is not {expected}; remove it or choose another output_dir")
 
 
 def unlink_quietly(path: str | os.PathLike) -> None:
