@@ -46,8 +46,7 @@ from typing import Optional
 import torch
 
 from cosmos_dist.errors import InputError
-from cosmos_dist.io.prompts import BadLine
-from cosmos_dist.io.visual_input import RESIZE_MODES, check_visual_input, load_condition_frames
+from cosmos_dist.io.visual_input import RESIZE_MODES, load_condition_frames
 from cosmos_dist.pipeline.base import WorldPipeline
 from cosmos_dist.pipeline.denoiser import latent_shape
 from cosmos_dist.sampling import AUGMENT_STREAM, StepHooks, c_in, condition_output, fixed_noise
@@ -176,29 +175,8 @@ class Video2WorldPipeline(WorldPipeline):
 
     kind = "video2world"
 
-    # ---- 1. check inputs ---------------------------------------------------------------------------
-    def prepare(self):
-        """Text2World's checks, plus: a `prompt=` run's input must exist and be readable by type (an error
-        before any model loads); a prompts-file line whose input keys are malformed is a bad line. Files
-        that are missing or unreadable fail their sample at generation time, the others continue."""
-        work, assets = super().prepare()
-        cfg = self.cfg
-        kept = []
-        for item in work.items:
-            try:
-                spec = self.input_spec(cfg, item)
-                if cfg.prompt:
-                    check_visual_input(spec.path, spec.num_input_frames)
-            except InputError as exc:
-                if cfg.prompt:
-                    raise
-                work.bad_lines.append(BadLine(item.line_number, str(exc)))
-                continue
-            kept.append(item)
-        work.items = kept
-        work.bad_lines.sort(key=lambda b: b.line_number)
-        return work, assets
-
+    # ---- 1. check inputs: WorldPipeline.prepare screens every sample's input through `input_spec` (and reads
+    # it) before any model loads (pipeline/work_checks.py) -------------------------------------------------
     def input_spec(self, cfg, item) -> InputSpec:
         """Which file conditions `item`, with how many frames; InputError for malformed keys."""
         extra = item.extra
