@@ -14,6 +14,7 @@ _EXPORTS = {
     "Text2WorldPipeline": "cosmos_dist.pipeline.text2world",
     "Video2WorldPipeline": "cosmos_dist.pipeline.video2world",
     "GeneratedVideo": "cosmos_dist.pipeline.results",
+    "OutputConflict": "cosmos_dist.pipeline.results",
     "StepHook": "cosmos_dist.pipeline.step_hooks",
     "StepContext": "cosmos_dist.pipeline.step_hooks",
     "compose_config": "cosmos_dist.configure",

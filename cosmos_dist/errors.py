@@ -22,6 +22,12 @@ class InputError(CosmosDistError, ValueError):
     """A prompt, prompts-file line or conditioning input is invalid."""
 
 
+def error_reason(exc: BaseException) -> str:
+    """One line for a manifest or log: our own messages as they are (they already say what to fix),
+    anything else prefixed with its type, which is then the only hint of where it came from."""
+    return str(exc) if isinstance(exc, CosmosDistError) else f"{type(exc).__name__}: {exc}"
+
+
 # ---- exit codes of `cosmos-dist generate` (and generate.py); README "Exit codes" --------------------------
 #: every sample of the run's share is done, skipped as already done, or blocked by the guardrails
 EXIT_OK = 0

@@ -29,6 +29,37 @@ def test_text2world_api(tmp_path, monkeypatch):
     # the same prompt and seed give the same frames through the API as before
     again = pipe("a robot walks", num_steps=3, seed=1)
     assert np.array_equal(again[0].frames, videos[0].frames)
+    assert again[0].save(tmp_path / "out") == mp4  # the same sample again: replaced whole
+
+
+def test_save_refuses_another_video_under_the_same_id(tmp_path, monkeypatch):
+    """save() never silently replaces a sample made with another identity: a run finding it later would take it
+    as done. overwrite=True replaces it; an unreadable sidecar counts as another identity."""
+    import dataclasses
+
+    import pytest
+
+    from cosmos_dist import OutputConflict, Text2WorldPipeline
+
+    monkeypatch.chdir(tmp_path)
+    pipe = Text2WorldPipeline.from_pretrained("checkpoints", model="tiny_text2world", height=32, width=48,
+                                              num_frames=9, progress=False)
+    first, other = pipe(["a robot walks", {"prompt": "a red ball", "seed": 5}], num_steps=2, seed=1)
+    out = tmp_path / "out"
+    first.save(out)
+    sidecar = out / f"{first.sample_id}.json"
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    impostor = dataclasses.replace(other, sample_id=first.sample_id)  # another prompt and seed under first's id
+    with pytest.raises(OutputConflict, match=r"another prompt, seed.*overwrite=True"):
+        impostor.save(out)
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before  # nothing written, no temporary left
+    impostor.save(out, overwrite=True)
+    assert json.loads(sidecar.read_text())["prompt"] == "a red ball"
+    sidecar.write_text("{not json")
+    with pytest.raises(OutputConflict, match="another identity"):
+        first.save(out)
+    first.save(out, overwrite=True)
+    assert json.loads(sidecar.read_text())["prompt"] == "a robot walks"
 
 
 API_SCRIPT = '''

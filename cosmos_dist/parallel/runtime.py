@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import torch
 
-from cosmos_dist.errors import CosmosDistError
+from cosmos_dist.errors import CosmosDistError, error_reason
 from cosmos_dist.parallel.cfg_parallel import broadcast_object, broadcast_tensor, exchange_branch_outputs
 from cosmos_dist.parallel.layout import ParallelConfig, destroy_layout, init_layout
 from cosmos_dist.parallel.sharding import gather_tokens, token_ranges
@@ -30,10 +30,6 @@ log = logging.getLogger("cosmos_dist")
 class SampleError(CosmosDistError):
     """One sample could not be made (its error happened on the replica leader); the run goes on."""
 
-
-def sample_reason(exc: BaseException) -> str:
-    """The manifest reason of a sample's error: our own messages as they are, anything else with its type."""
-    return str(exc) if isinstance(exc, CosmosDistError) else f"{type(exc).__name__}: {exc}"
 
 
 class DistributedRuntime:
@@ -77,7 +73,7 @@ class DistributedRuntime:
             except Exception as exc:  # noqa: BLE001 - every sample-level error, whatever its type
                 if not isinstance(exc, CosmosDistError):
                     log.error("on the replica leader:\n%s", "".join(traceback.format_exception(exc)).rstrip())
-                box = ("error", sample_reason(exc))
+                box = ("error", error_reason(exc))
         else:
             box = None
         box = broadcast_object(box, src=lay.replica_leader, group=lay.replica_group)
@@ -175,7 +171,7 @@ class DistributedRuntime:
         if self.layout.is_replica_leader and manifest is not None:
             try:
                 manifest.append(status="interrupted", sample_id=item.sample_id, line=item.line_number,
-                                reason=f"the job ended: {sample_reason(exc)}")
+                                reason=f"the job ended: {error_reason(exc)}")
             except Exception as rec_exc:  # noqa: BLE001 - the job is ending either way
                 log.warning("could not record sample %s as interrupted: %s", item.sample_id, rec_exc)
         raise exc

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
-from cosmos_dist.errors import CosmosDistError
+from cosmos_dist.errors import CosmosDistError, error_reason
 from cosmos_dist.pipeline.plan import PrecisionPlan
 from cosmos_dist.pipeline.residency import uses
 from cosmos_dist.pipeline.results import GeneratedVideo, RunSummary, Sample
@@ -45,9 +45,6 @@ log = logging.getLogger("cosmos_dist")
 CALL_SETTINGS = ("num_steps", "guidance", "seed", "negative_prompt", "num_frames", "height", "width", "fps",
                  "sampler", "num_input_frames", "resize_mode", "allow_long_prompts")
 
-
-def _reason(exc: BaseException) -> str:
-    return str(exc) if isinstance(exc, CosmosDistError) else f"{type(exc).__name__}: {exc}"
 
 
 @dataclass
@@ -320,9 +317,9 @@ class WorldPipeline:
         for r in results:
             s = r.sample
             if r.error is not None and job_ending:
-                log.warning("sample %s was not written before the job ended: %s", s.sample_id, _reason(r.error))
+                log.warning("sample %s was not written before the job ended: %s", s.sample_id, error_reason(r.error))
                 job.manifest.append(status="interrupted", sample_id=s.sample_id, line=s.item.line_number,
-                                    reason=f"the job ended while its files were written: {_reason(r.error)}")
+                                    reason=f"the job ended while its files were written: {error_reason(r.error)}")
                 continue
             if r.error is not None:
                 self._fail(job, s, r.error, collective=False)
@@ -337,7 +334,7 @@ class WorldPipeline:
         may have hit this rank only is re-raised by the runtime (the job ends, naming the rank)."""
         if collective and isinstance(exc, BaseException) and self.runtime.ends_job(exc):
             self.runtime.interrupt(exc, job.manifest, s.item)  # a lost rank: recorded interrupted (pending); raises
-        reason = exc if isinstance(exc, str) else _reason(exc)
+        reason = exc if isinstance(exc, str) else error_reason(exc)
         if isinstance(exc, BaseException) and not isinstance(exc, CosmosDistError):
             log.error("sample %s failed:\n%s", s.sample_id, "".join(traceback.format_exception(exc)))
         else:
@@ -400,7 +397,7 @@ class WorldPipeline:
                     try:
                         verdict = run_text_check(comps.guardrail, out[i]["prompt"], what)
                     except Exception as exc:  # never a pass
-                        out[i].update(status="failed", reason=_reason(exc))
+                        out[i].update(status="failed", reason=error_reason(exc))
                         continue
                     finally:
                         t = out[i]["timings"]
@@ -417,7 +414,7 @@ class WorldPipeline:
                 out[i]["prompt"], notes = comps.text.check_prompt(out[i]["prompt"], allow_long=cfg.allow_long_prompts)
                 out[i]["notes"].extend(notes)
             except Exception as exc:
-                out[i].update(status="failed", reason=_reason(exc))
+                out[i].update(status="failed", reason=error_reason(exc))
         if comps.upsampler is not None:
             changed = self._upsample(out, live(), samples)
             if comps.guardrail is not None and changed:
@@ -433,7 +430,7 @@ class WorldPipeline:
                 try:
                     r = comps.upsampler.upsample(out[i]["prompt"], seed=samples[i].seed)
                 except Exception as exc:
-                    out[i].update(status="failed", reason=f"prompt upsampler: {_reason(exc)}")
+                    out[i].update(status="failed", reason=f"prompt upsampler: {error_reason(exc)}")
                     continue
                 out[i]["timings"]["upsample_s"] = time.perf_counter() - t0
                 out[i]["records"]["upsampler"] = {"model_dir": comps.upsampler.model_dir, **r.record()}
@@ -444,7 +441,7 @@ class WorldPipeline:
                         out[i]["prompt"], notes = comps.text.check_prompt(r.prompt, allow_long=True)
                         out[i]["notes"].extend(n.replace("prompt", "upsampled prompt", 1) for n in notes)
                     except Exception as exc:
-                        out[i].update(status="failed", reason=f"upsampled prompt: {_reason(exc)}")
+                        out[i].update(status="failed", reason=f"upsampled prompt: {error_reason(exc)}")
                         continue
                     changed.append(i)
         return changed

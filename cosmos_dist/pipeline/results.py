@@ -11,6 +11,12 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from cosmos_dist.errors import CosmosDistError
+
+
+class OutputConflict(CosmosDistError, FileExistsError):
+    """`GeneratedVideo.save` found another video under the same sample id (pass overwrite=True to replace it)."""
+
 
 @dataclass
 class Sample:
@@ -57,14 +63,34 @@ class GeneratedVideo:
     reason: Optional[str] = None
 
     def save(self, output_dir: str | Path, *, save_latent: bool = False, crf: int = 23,
-             preset: str = "medium") -> Path:
+             preset: str = "medium", overwrite: bool = False) -> Path:
         """Write `{sample_id}.mp4` (+ `.latent.pt`) and the sidecar last where output_dir's layout puts them
-        (io/paths.py: flat unless the tree records another); returns the mp4's path."""
+        (io/paths.py: flat unless the tree records another); returns the mp4's path.
+
+        A sample already there with the same identity (the same video) is replaced whole. One with another
+        identity under this id (another prompt, seed, input or setting; or a sidecar that cannot be read) is
+        refused with `OutputConflict`, naming what differs, unless `overwrite=True`: a run that finds it later
+        would otherwise take a video it did not ask for as done."""
+        from cosmos_dist.io.identity import fingerprint_differences
+        from cosmos_dist.io.paths import record_layout, sample_paths
         from cosmos_dist.pipeline.outputs import write_sample_files
+        from cosmos_dist.pipeline.work import read_sidecar_identity
 
         if self.status != "done" or self.frames is None:
             raise ValueError(f"sample {self.sample_id} has no video to save (status {self.status}: {self.reason})")
-        return write_sample_files(Path(output_dir), self.sample_id, self.frames, dict(self.metadata),
+        output_dir = Path(output_dir)
+        if not overwrite:
+            paths = sample_paths(output_dir, self.sample_id, record_layout(output_dir, "flat"))
+            exists, recorded = read_sidecar_identity(paths.sidecar)
+            mine = (self.metadata.get("identity") or {}).get("fingerprint")
+            if exists:
+                diff = fingerprint_differences(mine or {}, (recorded or {}).get("fingerprint"))
+                if diff or mine is None:
+                    raise OutputConflict(
+                        f"save: sample {self.sample_id} already exists in {output_dir} ({paths.relative}) and was "
+                        f"made with another {', '.join(diff) or 'identity'}; pass overwrite=True to replace it, "
+                        "or save into another folder")
+        return write_sample_files(output_dir, self.sample_id, self.frames, dict(self.metadata),
                                   fps=self.metadata["fps"], crf=crf, preset=preset,
                                   latent=self.latent if save_latent else None)
 

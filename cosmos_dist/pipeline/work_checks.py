@@ -20,16 +20,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-from cosmos_dist.errors import CosmosDistError, InputError
+from cosmos_dist.errors import InputError, error_reason
 from cosmos_dist.io.identity import fingerprint_differences
 from cosmos_dist.io.paths import sample_paths
 from cosmos_dist.io.prompts import BadLine
 
 log = logging.getLogger("cosmos_dist")
 
-
-def _reason(exc: BaseException) -> str:
-    return str(exc) if isinstance(exc, CosmosDistError) else f"{type(exc).__name__}: {exc}"
 
 
 def file_sha256(path: Path) -> str:
@@ -53,7 +50,7 @@ def probe_input(path: Path, num_input_frames: int) -> None:
             with Image.open(path) as im:  # header only; Pillow refuses decompression bombs here
                 w, h = im.size
         except Exception as exc:  # noqa: BLE001 - whatever Pillow raises, this sample's failure
-            raise InputError(f"input {path}: could not read it as an image ({_reason(exc)})") from None
+            raise InputError(f"input {path}: could not read it as an image ({error_reason(exc)})") from None
         if w < 1 or h < 1:
             raise InputError(f"input {path}: image of size {w}x{h}")
         return
@@ -64,7 +61,7 @@ def probe_input(path: Path, num_input_frames: int) -> None:
     except InputError:
         raise
     except Exception as exc:  # noqa: BLE001 - an unreadable file is this sample's failure, whatever the error
-        raise InputError(f"input {path}: cannot be read ({_reason(exc)}); give a readable image or video") from None
+        raise InputError(f"input {path}: cannot be read ({error_reason(exc)}); give a readable image or video") from None
     if frames < num_input_frames:
         raise InputError(f"input {path}: the video has {frames} frames but num_input_frames={num_input_frames}; "
                          "give a longer video or num_input_frames=1")
@@ -87,7 +84,7 @@ class _PromptChecker:
 
                 self.tokenizer = load_t5_tokenizer(self.tokenizer_dir)
             except Exception as exc:  # noqa: BLE001 - the model load reports it properly; words are still checked
-                log.warning("prompt token counts are checked when T5 loads: %s", _reason(exc))
+                log.warning("prompt token counts are checked when T5 loads: %s", error_reason(exc))
                 self.tokenizer_failed = True
         return self.tokenizer
 
@@ -106,14 +103,14 @@ class _PromptChecker:
             try:
                 check_prompt(prompt, None)
             except Exception as exc:  # noqa: BLE001
-                return _reason(exc)
+                return error_reason(exc)
         tok = self._tokenizer()
         if tok is None:
             return None
         try:
             check_prompt(prompt, tok)
         except Exception as exc:  # noqa: BLE001
-            return _reason(exc)
+            return error_reason(exc)
         return None
 
 
@@ -149,7 +146,7 @@ def screen_work(work, cfg, tokenizer_dir: Path | None, *, output_dir: Path,
                 except InputError:
                     raise
                 except Exception as exc:  # noqa: BLE001
-                    raise InputError(f"input: {_reason(exc)}") from None
+                    raise InputError(f"input: {error_reason(exc)}") from None
                 if item.identity is not None:
                     item = replace(item, identity=replace(item.identity, input_sha256=hashes[key]))
             stage = "sidecar"
@@ -159,7 +156,7 @@ def screen_work(work, cfg, tokenizer_dir: Path | None, *, output_dir: Path,
         except Exception as exc:  # noqa: BLE001 - one sample's failure, whatever its type
             if single and stage == "input":
                 raise  # a `prompt=` run's input is the run's input: its error stops the run before the models
-            work.bad_lines.append(BadLine(item.line_number, _reason(exc), sample_id=item.sample_id))
+            work.bad_lines.append(BadLine(item.line_number, error_reason(exc), sample_id=item.sample_id))
             continue
         kept.append(item)
     work.items = kept
