@@ -119,3 +119,39 @@ def test_background_and_inline_writes_make_the_same_files_and_a_bad_write_fails_
     assert status[bad_id] == "failed" and sorted(status.values()) == ["done", "done", "failed"], events
     assert not (blocked / f"{bad_id}.json").exists()  # no sidecar: not done, made again by a rerun
     assert not [p for p in blocked.rglob("*") if ".tmp-" in p.name]  # no temporary left behind
+
+
+SIGNAL_THE_GROUP = r'''
+import os, signal, sys
+import numpy as np
+from cosmos_dist.io.video import write_mp4_atomic
+
+got = []
+signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))  # the job's graceful stop: a flag
+
+
+def frames():
+    for i in range(12):
+        if i == 3:  # the encoder is running: signal the whole process group, as torchrun and Ctrl-C do
+            os.killpg(os.getpgrp(), signal.SIGTERM)
+        yield np.full((32, 48, 3), 20 * i, np.uint8)
+
+
+count = write_mp4_atomic(sys.argv[1], frames(), fps=24, verify=True)
+print("signals", got, "frames", count)
+'''
+
+
+def test_a_signal_to_the_jobs_process_group_does_not_cut_the_encoder_short(tmp_path):
+    """The x264 encoder runs in its own process group (imageio-ffmpeg starts it so), so SIGTERM or SIGINT sent to
+    the job's group (torchrun's teardown, Ctrl-C) reaches our process, which finishes the write it is doing, and
+    not the encoder. (A Slurm cancel signals every process of the job step whatever its group: that write is then
+    recorded interrupted and made again, pipeline/base.py.) Real process, real signal."""
+    script = tmp_path / "signal_group.py"
+    script.write_text(SIGNAL_THE_GROUP)
+    out = tmp_path / "v.mp4"
+    proc = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True, timeout=120,
+                          start_new_session=True)  # its own group: the signal reaches nothing of pytest's
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "signals [15] frames 12" in proc.stdout
+    assert out.is_file() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -280,7 +280,8 @@ class WorldPipeline:
                     break
         except BaseException:
             # The job is ending (a lost rank, a signal): the samples already sampled are still written, and a
-            # write cut short by the ending (its encoder killed with the job) leaves its sample pending.
+            # write cut short by the ending leaves its sample pending. (The encoder has its own process group, so
+            # only a signal to every process of the job, as Slurm's cancel sends, cuts a write short.)
             self._record_writes(job, job.writer.close(), job_ending=True)
             raise
         self._record_writes(job, job.writer.close())
