@@ -8,9 +8,8 @@ setting) and, on the holder's own host, while the holder's process exists. A lea
 is taken over: renamed away (one contender wins the rename) and created anew.
 
 A run takes the lease on its global leader before any model file is made or loaded
-(`WorldPipeline.prepare`; `run` gives it back when it ends). A launcher may take it first instead
-(`claim` / `hold` / `release` below) and pass its token to the ranks in `COSMOS_SHARD_LEASE`, so the
-ranks find it theirs; the Slurm scripts do not, and leave it to the global leader.
+(`WorldPipeline.prepare`; `run` gives it back when it ends). The batch scripts take none themselves: a
+requeued Slurm job finds its own earlier lease (same job id) and takes it over at once.
 """
 from __future__ import annotations
 
@@ -28,7 +27,6 @@ from cosmos_dist.errors import EXIT_SHARD_BUSY, CosmosDistError
 
 log = logging.getLogger("cosmos_dist")
 
-LEASE_ENV = "COSMOS_SHARD_LEASE"  # token of a lease the launcher holds for this run
 HEARTBEAT_ENV = "COSMOS_LEASE_HEARTBEAT_S"
 DEFAULT_HEARTBEAT_S = 20.0
 STALE_FACTOR = 6  # a lease not touched for 6 heartbeats is a dead holder's
@@ -101,13 +99,12 @@ def describe_holder(rec: dict) -> str:
 class ShardLease:
     """The lease at `path`. `acquire()` raises ShardBusy when a live holder has it; then the heartbeat keeps it."""
 
-    def __init__(self, path: str | os.PathLike, *, what: str, heartbeat_s: float | None = None,
-                 token: str | None = None, pid: int | None = None):
+    def __init__(self, path: str | os.PathLike, *, what: str, heartbeat_s: float | None = None):
         self.path = Path(path)
         self.what = what
         self.heartbeat_s = heartbeat_s or heartbeat_seconds()
-        self.token = token or secrets.token_hex(8)
-        self.pid = pid or os.getpid()
+        self.token = secrets.token_hex(8)  # tells our own lease from a newer holder's
+        self.pid = os.getpid()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.held = False
@@ -151,22 +148,20 @@ class ShardLease:
         os.unlink(aside)
         log.warning("%s: took over the lease of a holder that stopped (%s)", self.what, describe_holder(stale))
 
-    def acquire(self, *, hold: bool = True, reuse_job: bool = True) -> "ShardLease":
-        """Take the lease. `hold`: keep it with a heartbeat thread and release it at exit; without, only create
-        it (another process, e.g. `python -m cosmos_dist.pipeline.lease hold`, keeps it)."""
+    def acquire(self) -> "ShardLease":
+        """Take the lease and keep it with a heartbeat thread until `release` (also called at exit)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(8):
             if self._create() or (read_lease(self.path) or {}).get("token") == self.token:
-                self.held = hold
-                if hold:
-                    self._start_heartbeat()
-                    atexit.register(self.release)
+                self.held = True
+                self._start_heartbeat()
+                atexit.register(self.release)
                 return self
             rec = read_lease(self.path)
             if rec is None:
                 continue  # removed between our create and our read: try again
             # A requeued Slurm job is the only instance of itself: its earlier run is over.
-            same_job = reuse_job and rec.get("job") and rec.get("job") == _job_ref() and rec.get("pid") != self.pid
+            same_job = rec.get("job") and rec.get("job") == _job_ref() and rec.get("pid") != self.pid
             if rec["live"] and not same_job:
                 raise ShardBusy(
                     f"{self.what} is already running ({describe_holder(rec)}; lease {self.path}): a second copy would "
@@ -234,10 +229,9 @@ def run_lease(cfg, sample_ids=()) -> ShardLease:
     if getattr(cfg, "prompts_file", None):
         tag = shard_tag(int(cfg.shard_index), int(cfg.num_shards))
         return ShardLease(shard_lease_path(cfg.output_dir, cfg.shard_index, cfg.num_shards),
-                          what=f"{tag} of {cfg.output_dir}", token=os.environ.get(LEASE_ENV) or None)
+                          what=f"{tag} of {cfg.output_dir}")
     sid = next(iter(sample_ids), "prompt")
-    return ShardLease(prompt_lease_path(cfg.output_dir, sid), what=f"sample {sid} in {cfg.output_dir}",
-                      token=os.environ.get(LEASE_ENV) or None)
+    return ShardLease(prompt_lease_path(cfg.output_dir, sid), what=f"sample {sid} in {cfg.output_dir}")
 
 
 def prompt_lease_path(output_dir, sample_id: str) -> Path:
@@ -245,54 +239,6 @@ def prompt_lease_path(output_dir, sample_id: str) -> Path:
     return Path(output_dir) / f".{sample_id}.lease"
 
 
-def claim_run(cfg, sample_ids=()) -> ShardLease | None:
-    """On the global leader before any model loads: hold the run's lease, or raise ShardBusy. When the launcher
-    already holds it (`COSMOS_SHARD_LEASE` names the lease's token), the launcher keeps it and None is returned."""
-    lease = run_lease(cfg, sample_ids)
-    env_token = os.environ.get(LEASE_ENV)
-    if env_token and (read_lease(lease.path) or {}).get("token") == env_token:
-        return None
-    return lease.acquire()
-
-
-def _main(argv: list[str] | None = None) -> int:
-    """claim / hold / release, for the batch scripts (slurm/common.sh)."""
-    import argparse
-    import sys
-
-    p = argparse.ArgumentParser(prog="python -m cosmos_dist.pipeline.lease", description=__doc__.split("\n\n")[0])
-    p.add_argument("action", choices=("claim", "hold", "release"))
-    p.add_argument("--output-dir", required=True)
-    p.add_argument("--num-shards", type=int, required=True)
-    p.add_argument("--shard-index", type=int, required=True)
-    p.add_argument("--token", required=True)
-    p.add_argument("--pid", type=int, default=None, help="claim: the process that holds it (the batch shell)")
-    p.add_argument("--while-pid", type=int, default=None, help="hold: keep the heartbeat while this process lives")
-    args = p.parse_args(argv)
-    from cosmos_dist.pipeline.preemption import shard_tag
-
-    what = f"{shard_tag(args.shard_index, args.num_shards)} of {args.output_dir}"
-    lease = ShardLease(shard_lease_path(args.output_dir, args.shard_index, args.num_shards), what=what,
-                       token=args.token, pid=args.pid)
-    if args.action == "claim":
-        try:
-            lease.acquire(hold=False)
-        except ShardBusy as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_SHARD_BUSY
-        return 0
-    if args.action == "release":
-        lease.held = True
-        lease.release()
-        return 0
-    while args.while_pid is None or _pid_alive(args.while_pid):  # hold
-        if read_lease(lease.path) is None:
-            return 0  # released by the batch shell
-        if not lease.beat_once():
-            return 1
-        time.sleep(lease.heartbeat_s)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(_main())
+def claim_run(cfg, sample_ids=()) -> ShardLease:
+    """On the global leader before any model loads: hold the run's lease, or raise ShardBusy."""
+    return run_lease(cfg, sample_ids).acquire()
