@@ -32,3 +32,13 @@ def run_command(module: str, argv: list[str] | None = None) -> int:
     except CosmosDistError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return getattr(exc, "exit_code", EXIT_USAGE)  # ShardBusy: EXIT_SHARD_BUSY
+
+
+def add_unpickle_flags(ap) -> None:
+    """The two ways past the weights-only load of a `model.pt`, worded the same in every command that reads one."""
+    ap.add_argument("--allow-unsafe-pickle", action="store_true",
+                    help="accept the one benign pickled form of the released files: old Transformer Engine "
+                         "io.BytesIO extra state (the load stays weights-only; any other pickled object is refused)")
+    ap.add_argument("--trust-file", action="store_true",
+                    help="I trust this file: unpickle it fully (weights_only=False), whatever it holds. "
+                         "Unpickling can run code from the file; only for a file you made yourself")

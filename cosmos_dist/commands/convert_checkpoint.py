@@ -21,6 +21,7 @@ import argparse
 
 from cosmos_dist.checkpoint import convert_checkpoint
 from cosmos_dist.cli_util import run_tool
+from cosmos_dist.commands import add_unpickle_flags
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -30,12 +31,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     ap.add_argument("input", help="model.pt to convert")
     ap.add_argument("--output", required=True, help="OUT.safetensors to write (OUT.json is written next to it)")
-    ap.add_argument("--allow-unsafe-pickle", action="store_true",
-                    help="accept the one benign pickled form of the released files: old Transformer Engine "
-                         "io.BytesIO extra state (the load stays weights-only; any other pickled object is refused)")
-    ap.add_argument("--trust-file", action="store_true",
-                    help="I trust this file: unpickle it fully (weights_only=False), whatever it holds. Unpickling "
-                         "can run code from the file; only for a file you made yourself")
+    add_unpickle_flags(ap)
     return ap.parse_args(argv)
 
 

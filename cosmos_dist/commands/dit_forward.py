@@ -35,6 +35,7 @@ import torch
 
 from cosmos_dist.checkpoint import detect_checkpoint, load_dit
 from cosmos_dist.cli_util import run_tool
+from cosmos_dist.commands import add_unpickle_flags
 from cosmos_dist.errors import InputError
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -54,8 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="RoPE NTK extrapolation ratios (default: the reference's for the network width)")
     ap.add_argument("--dtype", choices=tuple(DTYPES), default="bfloat16", help="run dtype (default bfloat16)")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device (default cpu)")
-    ap.add_argument("--allow-unsafe-pickle", action="store_true",
-                    help="load a checkpoint with pickled io.BytesIO extra state (only for files you trust)")
+    add_unpickle_flags(ap)
     return ap.parse_args(argv)
 
 
@@ -144,12 +144,13 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda was asked for, but no CUDA device is available")
-    cfg = detect_checkpoint(args.checkpoint, args.allow_unsafe_pickle)
+    cfg = detect_checkpoint(args.checkpoint, args.allow_unsafe_pickle, args.trust_file)
     if args.rope_scale:
         cfg = cfg.replace(rope_extrapolation=_rope_scale(args.rope_scale))
     kwargs = validate_inputs(_load_inputs(args.inputs), cfg)
     dtype = DTYPES[args.dtype]
-    net = load_dit(args.checkpoint, cfg, device=args.device, dtype=dtype, allow_unsafe_pickle=args.allow_unsafe_pickle)
+    net = load_dit(args.checkpoint, cfg, device=args.device, dtype=dtype, allow_unsafe_pickle=args.allow_unsafe_pickle,
+                   trust_file=args.trust_file)
     kwargs = {k: (v.to(args.device) if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()}
     with torch.no_grad():
         out = net(

@@ -19,6 +19,7 @@ import sys
 
 from cosmos_dist.checkpoint import inspect_checkpoint
 from cosmos_dist.cli_util import human_size, run_tool
+from cosmos_dist.commands import add_unpickle_flags
 from cosmos_dist.models import PRESET_NAMES, get_preset
 
 
@@ -34,12 +35,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--verify", action="store_true",
                     help="first check the file's SHA-256 against the hub's published hash that `cosmos-dist "
                          "download` recorded next to it (hub-sha256.json); exit 1 on a mismatch, before unpickling")
-    ap.add_argument("--allow-unsafe-pickle", action="store_true",
-                    help="accept the one benign pickled form of the released files: old Transformer Engine "
-                         "io.BytesIO extra state (the load stays weights-only; any other pickled object is refused)")
-    ap.add_argument("--trust-file", action="store_true",
-                    help="I trust this file: unpickle it fully (weights_only=False), whatever it holds. Unpickling "
-                         "can run code from the file; only for a file you made yourself")
+    add_unpickle_flags(ap)
     return ap.parse_args(argv)
 
 
