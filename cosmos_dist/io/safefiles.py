@@ -109,20 +109,7 @@ def write_all(fd: int, data: bytes) -> None:
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     """`data` to an exclusive temporary next to `path`, fsync, rename over `path` (a symlink at `path` is
     replaced, never followed). On any failure (a full disk...) the temporary is removed and the error raised."""
-    path = Path(path)
-    tmp, fd = create_temp(path)
-    try:
-        try:
-            write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        unlink_quietly(tmp)
-        raise
-    fsync_dir(path.parent)
-    return path
+    return save_atomic(path, lambda f: f.write(data))  # a buffered file's write() loops over short writes
 
 
 def save_atomic(path: str | os.PathLike, write) -> Path:
