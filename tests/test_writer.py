@@ -143,10 +143,11 @@ print("signals", got, "frames", count)
 
 
 def test_a_signal_to_the_jobs_process_group_does_not_cut_the_encoder_short(tmp_path):
-    """The x264 encoder runs in its own process group (imageio-ffmpeg starts it so), so SIGTERM or SIGINT sent to
-    the job's group (torchrun's teardown, Ctrl-C) reaches our process, which finishes the write it is doing, and
-    not the encoder. (A Slurm cancel signals every process of the job step whatever its group: that write is then
-    recorded interrupted and made again, pipeline/base.py.) Real process, real signal."""
+    """The x264 encoder runs in its own process group (imageio-ffmpeg starts it so), so a signal sent to the job's
+    group (Ctrl-C's SIGINT, a SIGTERM) reaches our process, which finishes the write it is doing, and not the
+    encoder. (A Slurm cancel signals every process of the job step whatever its group, and a rank under torchrun
+    exits at once on SIGTERM: that write is left as a hidden temporary and its sample made again.) Real process,
+    real signal."""
     script = tmp_path / "signal_group.py"
     script.write_text(SIGNAL_THE_GROUP)
     out = tmp_path / "v.mp4"

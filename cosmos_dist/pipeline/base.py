@@ -281,7 +281,7 @@ class WorldPipeline:
         except BaseException:
             # The job is ending (a lost rank, a signal): the samples already sampled are still written, and a
             # write cut short by the ending leaves its sample pending. (The encoder has its own process group, so
-            # only a signal to every process of the job, as Slurm's cancel sends, cuts a write short.)
+            # Ctrl-C does not cut it short; a Slurm cancel, which signals every process of the job, does.)
             self._record_writes(job, job.writer.close(), job_ending=True)
             raise
         self._record_writes(job, job.writer.close())
