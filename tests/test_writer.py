@@ -156,3 +156,51 @@ def test_a_signal_to_the_jobs_process_group_does_not_cut_the_encoder_short(tmp_p
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "signals [15] frames 12" in proc.stdout
     assert out.is_file() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+TERM_WHILE_WRITING = r'''
+import os, signal, sys, time
+from pathlib import Path
+from cosmos_dist.pipeline.preemption import StopFlag
+from cosmos_dist.pipeline.writer import SampleWriter
+
+out = Path(sys.argv[1])
+
+
+def slow_write():
+    time.sleep(1.5)  # x264 at work
+    out.write_text("written")
+    return out
+
+
+writer = SampleWriter(2)
+writer.submit("sample", slow_write)
+StopFlag.install()
+os.kill(os.getpid(), signal.SIGTERM)  # torchrun's teardown of this rank
+time.sleep(60)  # the main thread stuck, as in a collective with a dead peer
+print("the main thread was not stopped")
+'''
+
+
+@pytest.mark.parametrize("write_grace", ["20", "0"])
+def test_a_rank_ended_by_sigterm_first_finishes_the_writes_already_submitted(tmp_path, write_grace):
+    """Under torchrun a SIGTERM ends a rank at once (its main thread may be stuck in a collective), but the video
+    writes already submitted get COSMOS_TERM_WRITE_GRACE_S (20 s from the signal) to finish, so a sample that was
+    sampled and decoded is not made again. With a grace of 0 the write is abandoned. Real process, real signal."""
+    script = tmp_path / "term_while_writing.py"
+    script.write_text(TERM_WHILE_WRITING)
+    out = tmp_path / "v.mp4"
+    env = {**os.environ, "TORCHELASTIC_RUN_ID": "test", "COSMOS_TERM_WRITE_GRACE_S": write_grace,
+           "PYTHONPATH": str(ROOT)}
+    env.pop("WORLD_SIZE", None)
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True, timeout=60,
+                          env=env)
+    elapsed = time.monotonic() - t0
+    assert proc.returncode == 3, proc.stderr[-2000:]  # EXIT_INTERRUPTED
+    assert "received TERM from the launcher" in proc.stderr and "not stopped" not in proc.stdout
+    assert elapsed < 30  # not the main thread's 60 s
+    if write_grace == "0":
+        assert not out.exists() and "video write" not in proc.stderr
+    else:
+        assert out.read_text() == "written" and "finished 1 video write(s) before exiting" in proc.stderr

@@ -342,9 +342,10 @@ def job_is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def stop_on_term(poll_s: float = 2.0) -> None:
+def stop_on_term(poll_s: float = 2.0, before_exit=None) -> None:
     """SIGTERM from the launcher (see preemption.StopFlag): leave now with one line, naming a peer that died or
-    hung when there is one (torchrun sends SIGTERM because a worker ended). Does not return."""
+    hung when there is one (torchrun sends SIGTERM because a worker ended), after `before_exit()` (the pipeline
+    waits there for its video writes). Does not return."""
     if REPORTING.is_set():  # the main thread is reporting already and exits when done
         time.sleep(60)
         os._exit(EXIT_INTERRUPTED)
@@ -358,7 +359,11 @@ def stop_on_term(poll_s: float = 2.0) -> None:
         _emit(message if record_failure(message) else f"rank {rank} stopping: {read_failure() or message}")
     else:
         _emit(f"rank {rank} stopping: SIGTERM from the launcher; the sample in progress stays pending")
-    os._exit(EXIT_INTERRUPTED)
+    try:
+        if before_exit is not None:
+            before_exit()
+    finally:
+        os._exit(EXIT_INTERRUPTED)
 
 
 def _linger(rank: int, poll_s: float) -> float:

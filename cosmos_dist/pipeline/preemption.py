@@ -44,6 +44,12 @@ EXIT_PENDING = 3
 #: workers, so a rank exits at once. Either way the exit code is EXIT_INTERRUPTED and the sample stays pending.
 TERM_GRACE_ENV = "COSMOS_TERM_GRACE_S"
 DEFAULT_TERM_GRACE_S = 20.0
+#: Seconds after SIGTERM within which a process that must end waits for the video writes already submitted
+#: (pipeline/writer.py) before it exits: under torchrun, whose launcher kills its workers 30 s after its SIGTERM,
+#: a rank leaves at once but for these writes. Counted from the signal, so a single process whose grace ran out
+#: waits no longer.
+TERM_WRITE_GRACE_ENV = "COSMOS_TERM_WRITE_GRACE_S"
+DEFAULT_TERM_WRITE_GRACE_S = 20.0
 
 
 class StopFlag:
@@ -129,6 +135,22 @@ def _watch_term(grace_s: float) -> None:
     _term_watcher.start()
 
 
+def term_write_grace_s() -> float:
+    try:
+        return max(0.0, float(os.environ.get(TERM_WRITE_GRACE_ENV, DEFAULT_TERM_WRITE_GRACE_S)))
+    except ValueError:
+        return DEFAULT_TERM_WRITE_GRACE_S
+
+
+def _finish_writes(signalled_at: float) -> None:
+    """Wait (within the write grace, counted from the signal) for the video writes already submitted."""
+    from cosmos_dist.pipeline.writer import finish_live_writes
+
+    finished = finish_live_writes(signalled_at + term_write_grace_s())
+    if finished:
+        print(f"[cosmos_dist] finished {finished} video write(s) before exiting", file=sys.stderr, flush=True)
+
+
 def _term_watch(read_fd: int, grace_s: float) -> None:
     import time
 
@@ -143,10 +165,13 @@ def _term_watch(read_fd: int, grace_s: float) -> None:
             return
         if int(signal.SIGTERM) in data:
             break
+    signalled_at = time.monotonic()
     time.sleep(grace_s)  # the main thread stops by itself meanwhile when it can (the process then ends)
     guard = sys.modules.get("cosmos_dist.parallel.guard")
     if guard is not None and guard.job_is_distributed():
-        guard.stop_on_term()  # names the rank that died or hung, if any; does not return
+        # names the rank that died or hung, if any (while the job's store is still there), then the writes; does
+        # not return
+        guard.stop_on_term(before_exit=lambda: _finish_writes(signalled_at))
     rank = os.environ.get("RANK")
     who = f"rank {rank}" if rank is not None and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 else "the run"
     how = "from the launcher" if grace_s == 0 else f"and was still running {grace_s:g} s later"
@@ -154,6 +179,7 @@ def _term_watch(read_fd: int, grace_s: float) -> None:
         sys.stdout.flush()
         print(f"[cosmos_dist] {who} received TERM {how}: exiting now; the sample in progress stays pending",
               file=sys.stderr, flush=True)
+        _finish_writes(signalled_at)
     finally:
         os._exit(EXIT_INTERRUPTED)
 

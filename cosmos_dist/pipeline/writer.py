@@ -14,11 +14,17 @@ and `drain()` (before the run ends), and records each as done, or as `failed` wi
 """
 from __future__ import annotations
 
+import time
+import weakref
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
+
+
+_LIVE: "weakref.WeakSet[SampleWriter]" = weakref.WeakSet()  # background writers of this process
 
 
 @dataclass
@@ -38,6 +44,8 @@ class SampleWriter:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cosmos-writer") if self.depth else None
         self._queued: deque[tuple[Any, Future]] = deque()
         self._done: list[WriteResult] = []
+        if self._pool is not None:
+            _LIVE.add(self)
 
     def submit(self, sample, write: Callable[[], Path]) -> None:
         """Write `sample`'s files with `write()` (which returns the mp4 path). Blocks while the queue is full."""
@@ -85,3 +93,31 @@ def _run(sample, write: Callable[[], Path]) -> WriteResult:
         return WriteResult(sample, write(), None)
     except Exception as exc:  # noqa: BLE001 - a write's error is its sample's failure
         return WriteResult(sample, None, exc)
+
+
+def finish_live_writes(deadline: float) -> int:
+    """For a process about to end on SIGTERM (preemption's watcher thread, while the main thread may be stuck in a
+    collective): wait until `deadline` (time.monotonic()) for the writes already submitted, so a sample that was
+    sampled and decoded is not made again. Each write appends its own `done` line; this only waits. Returns how
+    many finished."""
+    futures = []
+    for writer in list(_LIVE):
+        for _ in range(3):  # the main thread may be changing the queue meanwhile
+            try:
+                futures += [future for _, future in list(writer._queued)]
+                break
+            except RuntimeError:
+                continue
+    finished = 0
+    for future in futures:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        try:
+            future.result(timeout=left)
+            finished += 1
+        except FutureTimeout:
+            break
+        except BaseException:  # noqa: BLE001 - a failed write is left to the rerun, like an unfinished one
+            pass
+    return finished
