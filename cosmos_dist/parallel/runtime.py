@@ -31,7 +31,6 @@ class SampleError(CosmosDistError):
     """One sample could not be made (its error happened on the replica leader); the run goes on."""
 
 
-
 class DistributedRuntime:
     def __init__(self, layout):
         self.layout = layout

@@ -46,7 +46,6 @@ CALL_SETTINGS = ("num_steps", "guidance", "seed", "negative_prompt", "num_frames
                  "sampler", "num_input_frames", "resize_mode", "allow_long_prompts")
 
 
-
 @dataclass
 class Job:
     """One call or run: its settings and where its results go."""

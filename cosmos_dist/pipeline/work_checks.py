@@ -28,7 +28,6 @@ from cosmos_dist.io.prompts import BadLine
 log = logging.getLogger("cosmos_dist")
 
 
-
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
