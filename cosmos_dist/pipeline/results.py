@@ -72,7 +72,7 @@ class GeneratedVideo:
         refused with `OutputConflict`, naming what differs, unless `overwrite=True`: a run that finds it later
         would otherwise take a video it did not ask for as done."""
         from cosmos_dist.io.identity import fingerprint_differences
-        from cosmos_dist.io.paths import record_layout, sample_paths
+        from cosmos_dist.io.paths import recorded_layout, sample_paths
         from cosmos_dist.pipeline.outputs import write_sample_files
         from cosmos_dist.pipeline.work import read_sidecar_identity
 
@@ -80,7 +80,7 @@ class GeneratedVideo:
             raise ValueError(f"sample {self.sample_id} has no video to save (status {self.status}: {self.reason})")
         output_dir = Path(output_dir)
         if not overwrite:
-            paths = sample_paths(output_dir, self.sample_id, record_layout(output_dir, "flat"))
+            paths = sample_paths(output_dir, self.sample_id, recorded_layout(output_dir) or "flat")  # writes nothing
             exists, recorded = read_sidecar_identity(paths.sidecar)
             mine = (self.metadata.get("identity") or {}).get("fingerprint")
             if exists:
