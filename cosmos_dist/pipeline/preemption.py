@@ -98,13 +98,15 @@ class StopFlag:
         return flag
 
 
-def term_grace_s() -> float:
-    if "TORCHELASTIC_RUN_ID" in os.environ:
-        return 0.0
+def _env_seconds(name: str, default: float) -> float:
     try:
-        return max(0.0, float(os.environ.get(TERM_GRACE_ENV, DEFAULT_TERM_GRACE_S)))
+        return max(0.0, float(os.environ.get(name, default)))
     except ValueError:
-        return DEFAULT_TERM_GRACE_S
+        return default
+
+
+def term_grace_s() -> float:
+    return 0.0 if "TORCHELASTIC_RUN_ID" in os.environ else _env_seconds(TERM_GRACE_ENV, DEFAULT_TERM_GRACE_S)
 
 
 _term_watcher = None  # the watcher thread, once started (threading is imported lazily)
@@ -135,18 +137,11 @@ def _watch_term(grace_s: float) -> None:
     _term_watcher.start()
 
 
-def term_write_grace_s() -> float:
-    try:
-        return max(0.0, float(os.environ.get(TERM_WRITE_GRACE_ENV, DEFAULT_TERM_WRITE_GRACE_S)))
-    except ValueError:
-        return DEFAULT_TERM_WRITE_GRACE_S
-
-
 def _finish_writes(signalled_at: float) -> None:
     """Wait (within the write grace, counted from the signal) for the video writes already submitted."""
     from cosmos_dist.pipeline.writer import finish_live_writes
 
-    finished = finish_live_writes(signalled_at + term_write_grace_s())
+    finished = finish_live_writes(signalled_at + _env_seconds(TERM_WRITE_GRACE_ENV, DEFAULT_TERM_WRITE_GRACE_S))
     if finished:
         print(f"[cosmos_dist] finished {finished} video write(s) before exiting", file=sys.stderr, flush=True)
 

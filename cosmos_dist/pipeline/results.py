@@ -71,25 +71,20 @@ class GeneratedVideo:
         identity under this id (another prompt, seed, input or setting; or a sidecar that cannot be read) is
         refused with `OutputConflict`, naming what differs, unless `overwrite=True`: a run that finds it later
         would otherwise take a video it did not ask for as done."""
-        from cosmos_dist.io.identity import fingerprint_differences
         from cosmos_dist.io.paths import recorded_layout, sample_paths
         from cosmos_dist.pipeline.outputs import write_sample_files
-        from cosmos_dist.pipeline.work import read_sidecar_identity
+        from cosmos_dist.pipeline.work import sidecar_differences
 
         if self.status != "done" or self.frames is None:
             raise ValueError(f"sample {self.sample_id} has no video to save (status {self.status}: {self.reason})")
         output_dir = Path(output_dir)
         if not overwrite:
             paths = sample_paths(output_dir, self.sample_id, recorded_layout(output_dir) or "flat")  # writes nothing
-            exists, recorded = read_sidecar_identity(paths.sidecar)
-            mine = (self.metadata.get("identity") or {}).get("fingerprint")
-            if exists:
-                diff = fingerprint_differences(mine or {}, (recorded or {}).get("fingerprint"))
-                if diff or mine is None:
-                    raise OutputConflict(
-                        f"save: sample {self.sample_id} already exists in {output_dir} ({paths.relative}) and was "
-                        f"made with another {', '.join(diff) or 'identity'}; pass overwrite=True to replace it, "
-                        "or save into another folder")
+            diff = sidecar_differences(paths.sidecar, (self.metadata.get("identity") or {}).get("fingerprint"))
+            if diff:
+                raise OutputConflict(
+                    f"save: sample {self.sample_id} already exists in {output_dir} ({paths.relative}) and was made "
+                    f"with another {', '.join(diff)}; pass overwrite=True to replace it, or save into another folder")
         return write_sample_files(output_dir, self.sample_id, self.frames, dict(self.metadata),
                                   fps=self.metadata["fps"], crf=crf, preset=preset,
                                   latent=self.latent if save_latent else None)

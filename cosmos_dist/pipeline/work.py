@@ -18,7 +18,8 @@ from pathlib import Path
 
 from cosmos_dist.config import check_num_videos, check_seed, check_seed_list
 from cosmos_dist.errors import ConfigError
-from cosmos_dist.io.identity import SampleIdentity, generation_settings, seeds_for, settings_hash
+from cosmos_dist.io.identity import (SampleIdentity, fingerprint_differences, generation_settings, seeds_for,
+                                     settings_hash)
 from cosmos_dist.io.paths import resolve_layout, sample_paths
 from cosmos_dist.io.prompts import BadLine, PromptItem, read_prompts_file, single_prompt_item
 
@@ -152,6 +153,15 @@ def read_sidecar_identity(path: Path) -> tuple[bool, dict | None]:
         return True, None
     ident = rec.get("identity") if isinstance(rec, dict) else None
     return True, ident if isinstance(ident, dict) else None
+
+
+def sidecar_differences(path: Path, fingerprint: dict | None) -> list[str] | None:
+    """None when no sidecar stands at `path`; else the keys whose recorded identity differs from `fingerprint`
+    (empty: the same sample; an unreadable sidecar or one without identity differs)."""
+    exists, ident = read_sidecar_identity(path)
+    if not exists:
+        return None
+    return fingerprint_differences(fingerprint or {}, (ident or {}).get("fingerprint"))
 
 
 def is_done(output_dir: Path, item, layout: str = "flat") -> bool:

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Callable
 
 from cosmos_dist.errors import InputError, error_reason
-from cosmos_dist.io.identity import fingerprint_differences
 from cosmos_dist.io.paths import sample_paths
 from cosmos_dist.io.prompts import BadLine
 
@@ -164,16 +163,12 @@ def screen_work(work, cfg, tokenizer_dir: Path | None, *, output_dir: Path,
 
 def sidecar_conflict(output_dir: Path, item, layout: str) -> str | None:
     """None when `item` has no sidecar yet or its sidecar records the same identity; else the one-line refusal."""
-    from cosmos_dist.pipeline.work import read_sidecar_identity
+    from cosmos_dist.pipeline.work import sidecar_differences
 
     if item.identity is None:
         return None
     paths = sample_paths(output_dir, item.sample_id, layout)
-    exists, ident = read_sidecar_identity(paths.sidecar)
-    if not exists:
-        return None
-    recorded = (ident or {}).get("fingerprint")
-    diff = fingerprint_differences(item.identity.fingerprint(), recorded)
+    diff = sidecar_differences(paths.sidecar, item.identity.fingerprint())
     if not diff:
         return None
     return (f"sample {item.sample_id} exists ({paths.relative}) but was made with another {', '.join(diff)}: "

@@ -17,8 +17,7 @@ from __future__ import annotations
 import time
 import weakref
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -99,25 +98,10 @@ def finish_live_writes(deadline: float) -> int:
     """For a process about to end on SIGTERM (preemption's watcher thread, while the main thread may be stuck in a
     collective): wait until `deadline` (time.monotonic()) for the writes already submitted, so a sample that was
     sampled and decoded is not made again. Each write appends its own `done` line; this only waits. Returns how
-    many finished."""
-    futures = []
-    for writer in list(_LIVE):
-        for _ in range(3):  # the main thread may be changing the queue meanwhile
-            try:
-                futures += [future for _, future in list(writer._queued)]
-                break
-            except RuntimeError:
-                continue
-    finished = 0
-    for future in futures:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        try:
-            future.result(timeout=left)
-            finished += 1
-        except FutureTimeout:
-            break
-        except BaseException:  # noqa: BLE001 - a failed write is left to the rerun, like an unfinished one
-            pass
-    return finished
+    many of the writes still running at the call finished."""
+    # list() of a deque runs under the GIL in one C call, so the main thread cannot change it midway
+    running = [future for writer in list(_LIVE) for _, future in list(writer._queued) if not future.done()]
+    if not running:
+        return 0
+    finished, _ = wait(running, timeout=max(0.0, deadline - time.monotonic()))
+    return len(finished)
